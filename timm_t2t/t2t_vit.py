@@ -1,0 +1,997 @@
+""" T2T-ViT: Tokens-to-Token Vision Transformer
+
+A PyTorch implementation of `Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet`
+    - https://arxiv.org/abs/2101.11986 (ICCV 2021)
+
+The Tokens-to-Token (T2T) module tokenizes an image progressively: a soft split (an overlapping unfold) turns
+the image into tokens, a T2T layer (a Performer or a Transformer layer) models them, and the tokens are
+re-structurized into an image and softly split again. A ViT backbone then runs on the stride-16 tokens.
+
+Checkpoints released with the reference implementation (https://github.com/yitu-opensource/T2T-ViT) load as
+they are and give its logits; `checkpoint_filter_fn` maps their keys.
+"""
+import logging
+import math
+import re
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.jit import Final
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    LayerType,
+    Mlp,
+    calculate_drop_path_rates,
+    get_act_layer,
+    get_device_dtype,
+    get_norm_layer,
+    register_notrace_function,
+    resample_abs_pos_embed,
+    to_2tuple,
+    trunc_normal_,
+    use_fused_attn,
+)
+from timm.models import (
+    adapt_input_conv,
+    build_model_with_cfg,
+    checkpoint,
+    checkpoint_seq,
+    clean_state_dict,
+    generate_default_cfgs,
+    register_model,
+)
+from timm.models._features import feature_take_indices
+from timm.models._input import update_model_input_size
+from timm.models.vision_transformer import Block, global_pool_nlc
+
+__all__ = ['T2TViT']
+
+_logger = logging.getLogger(__name__)
+
+T2T_LAYERS = ('performer', 'transformer')
+GLOBAL_POOLS = ('', 'token', 'avg', 'max', 'avgmax')
+DEFAULT_SOFT_SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))  # (kernel, stride, padding) of the three soft splits
+NUM_T2T_LAYERS = 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# T2T layers
+# ---------------------------------------------------------------------------------------------------------------
+
+def _softmax_kernel_features(x: torch.Tensor, random_features: torch.Tensor, shift_dims: List[int]) -> torch.Tensor:
+    """Positive random features exp(x w^T - |x|^2 / 2) of the softmax kernel (B, L, m).
+
+    The exponent is shifted by its maximum over `shift_dims` before `exp`, so nothing overflows. The shift is a
+    per-token (queries) or per-sample (keys) constant factor, which cancels in the attention ratio.
+    """
+    z = x @ random_features.t() - 0.5 * (x * x).sum(dim=-1, keepdim=True)
+    z = z - z.amax(dim=shift_dims, keepdim=True).detach()
+    return torch.exp(z)
+
+
+def _performer_attention_fp32(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        random_features: torch.Tensor,
+        eps: float,
+) -> torch.Tensor:
+    dtype = v.dtype
+    q, k, v, random_features = q.float(), k.float(), v.float(), random_features.float()
+    q_features = _softmax_kernel_features(q, random_features, [-1])  # (B, L, m)
+    k_features = _softmax_kernel_features(k, random_features, [-2, -1])  # (B, L, m)
+    kv = k_features.transpose(-2, -1) @ v  # (B, m, D)
+    normalizer = q_features @ k_features.sum(dim=-2).unsqueeze(-1)  # (B, L, 1)
+    out = (q_features @ kv) / (normalizer + eps)
+    return out.to(dtype)
+
+
+@torch.jit.unused
+def _performer_attention_autocast_off(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        random_features: torch.Tensor,
+        eps: float,
+) -> torch.Tensor:
+    device_type = q.device.type
+    if not torch.amp.is_autocast_available(device_type):  # e.g. the meta device
+        return _performer_attention_fp32(q, k, v, random_features, eps)
+    with torch.autocast(device_type=device_type, enabled=False):
+        return _performer_attention_fp32(q, k, v, random_features, eps)
+
+
+@register_notrace_function
+def performer_attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        random_features: torch.Tensor,
+        eps: float = 1e-8,
+) -> torch.Tensor:
+    """Performer (FAVOR+) attention phi(q) (phi(k)^T v) / (phi(q) sum_j phi(k_j)), linear in tokens.
+
+    Computed in float32 with autocast off, so `eps` stays meaningful and nothing overflows under fp16 / bf16
+    autocast; the result is returned in the dtype of `v`. No L x L matrix is formed.
+
+    Args:
+        q, k, v: Queries, keys and values (B, L, D).
+        random_features: Fixed random feature matrix w (m, D).
+        eps: Added to the normalizer.
+    """
+    if torch.jit.is_scripting():
+        return _performer_attention_fp32(q, k, v, random_features, eps)
+    return _performer_attention_autocast_off(q, k, v, random_features, eps)
+
+
+class PerformerAttention(nn.Module):
+    """Single-head Performer attention of a T2T layer, with the residual through v.
+
+    A T2T layer changes the token width (dim -> dim_out), so the residual adds v, not the input. The reference
+    stores the projection in k, q, v order (`kqv`); `checkpoint_filter_fn` reorders it to q, k, v on load.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            dim_out: int,
+            kernel_ratio: float = 0.5,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.1,
+            eps: float = 1e-8,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            dim: Input token width.
+            dim_out: Output token width.
+            kernel_ratio: Number of random features m as a fraction of dim_out.
+            qkv_bias: Bias in the q, k, v projection.
+            proj_drop: Dropout after the output projection.
+            eps: Added to the attention normalizer.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.eps = eps
+        self.qkv = nn.Linear(dim, dim_out * 3, bias=qkv_bias, **dd)
+        self.proj = nn.Linear(dim_out, dim_out, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        # drawn once, never trained, saved with the weights: a model must load it, not draw its own
+        self.register_buffer('random_features', torch.empty(int(dim_out * kernel_ratio), dim_out, **dd))
+        self.reset_random_features()
+
+    def reset_random_features(self) -> None:
+        """Draw the random feature matrix: orthogonal rows scaled by sqrt(m)."""
+        num_features = self.random_features.shape[0]
+        with torch.no_grad():
+            nn.init.orthogonal_(self.random_features).mul_(math.sqrt(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        x = performer_attention(q, k, v, self.random_features, self.eps)
+        return v + self.proj_drop(self.proj(x))
+
+
+class TokenAttention(nn.Module):
+    """Single-head softmax attention of a T2T layer, with the residual through v.
+
+    As in the reference, the scale comes from the input width (dim ** -0.5), not from the head width.
+    """
+    fused_attn: Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            dim_out: int,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.scale = dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, dim_out * 3, bias=qkv_bias, **dd)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim_out, dim_out, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, L, D): one head
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v,
+                dropout_p=self.attn_drop.p if self.training else 0.,
+                scale=self.scale,
+            )
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+        return v.squeeze(1) + self.proj_drop(self.proj(x.squeeze(1)))
+
+
+class TokenLayer(nn.Module):
+    """A T2T layer: x = attn(norm1(x)) with the residual through v, then x = x + mlp(norm2(x)).
+
+    'performer' layers follow the reference's Performer: q, k, v bias and a fixed 0.1 dropout after the attention
+    projection and after the MLP. 'transformer' layers have neither. The MLP keeps the width (ratio 1).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            dim_out: int,
+            kind: str = 'performer',
+            act_layer: LayerType = nn.GELU,
+            norm_layer: LayerType = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.norm1 = norm_layer(dim, **dd)
+        if kind == 'performer':
+            self.attn = PerformerAttention(dim, dim_out, qkv_bias=True, proj_drop=0.1, **dd)
+            mlp_drop = 0.1
+        elif kind == 'transformer':
+            self.attn = TokenAttention(dim, dim_out, qkv_bias=False, **dd)
+            mlp_drop = 0.
+        else:
+            raise ValueError(f'Unknown T2T layer {kind!r}, expected one of {T2T_LAYERS}.')
+        self.norm2 = norm_layer(dim_out, **dd)
+        self.mlp = Mlp(dim_out, hidden_features=dim_out, act_layer=act_layer, drop=(0., mlp_drop), **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokens-to-Token module
+# ---------------------------------------------------------------------------------------------------------------
+
+class SoftSplit(nn.Module):
+    """Soft split: an overlapping unfold of an image (B, C, H, W) into tokens (B, L, C * k * k)."""
+
+    def __init__(self, kernel_size: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+
+    def feat_size(self, height: int, width: int) -> Tuple[int, int]:
+        """Token grid (rows, columns) of an image of the given size."""
+        extent = 2 * self.padding - self.kernel_size
+        return (height + extent) // self.stride + 1, (width + extent) // self.stride + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride).transpose(1, 2)
+
+    def extra_repr(self) -> str:
+        return f'kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}'
+
+
+def restructurize(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Re-structurization: tokens (B, H * W, C) back into an image (B, C, H, W)."""
+    B, _, C = tokens.shape
+    return tokens.transpose(1, 2).reshape(B, C, grid[0], grid[1])
+
+
+class TokensToToken(nn.Module):
+    """Tokens-to-Token module.
+
+    soft split -> T2T layer -> re-structurize -> soft split -> T2T layer -> re-structurize -> soft split -> project
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            embed_dim: int = 768,
+            token_dim: int = 64,
+            t2t_layer: str = 'performer',
+            soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
+            act_layer: LayerType = nn.GELU,
+            norm_layer: LayerType = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            in_chans: Number of image channels.
+            embed_dim: Width of the output tokens.
+            token_dim: Width of the tokens inside the module.
+            t2t_layer: Kind of T2T layer, 'performer' or 'transformer'.
+            soft_splits: (kernel, stride, padding) of each of the three soft splits.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if len(soft_splits) != 3 or any(len(s) != 3 for s in soft_splits):
+            raise ValueError(f'soft_splits must hold three (kernel, stride, padding) triples, got {soft_splits}.')
+        layer_args = dict(kind=t2t_layer, act_layer=act_layer, norm_layer=norm_layer, **dd)
+        kernels = [s[0] for s in soft_splits]
+        self.soft_split0 = SoftSplit(*soft_splits[0])
+        self.attention1 = TokenLayer(in_chans * kernels[0] ** 2, token_dim, **layer_args)
+        self.soft_split1 = SoftSplit(*soft_splits[1])
+        self.attention2 = TokenLayer(token_dim * kernels[1] ** 2, token_dim, **layer_args)
+        self.soft_split2 = SoftSplit(*soft_splits[2])
+        self.project = nn.Linear(token_dim * kernels[2] ** 2, embed_dim, **dd)
+        self.reductions = tuple(math.prod(s[1] for s in soft_splits[:i + 1]) for i in range(3))
+
+    def feat_size(self, height: int, width: int) -> Tuple[int, int]:
+        """Grid of the output tokens for an image of the given size."""
+        grid = self.soft_split0.feat_size(height, width)
+        grid = self.soft_split1.feat_size(grid[0], grid[1])
+        return self.soft_split2.feat_size(grid[0], grid[1])
+
+    def prune(self, num_layers: int) -> None:
+        """Keep the first `num_layers` T2T layers and drop what follows; forward then ends at the last kept one."""
+        if num_layers < NUM_T2T_LAYERS:
+            self.soft_split1 = None
+            self.attention2 = None
+        self.soft_split2 = None
+        self.project = None
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Output tokens (B, N, embed_dim) and the re-structurized outputs of the T2T layers (B, token_dim, H, W)."""
+        maps: List[torch.Tensor] = []
+        grid = self.soft_split0.feat_size(x.shape[-2], x.shape[-1])
+        x = restructurize(self.attention1(self.soft_split0(x)), grid)
+        maps.append(x)
+        if self.soft_split1 is not None and self.attention2 is not None:
+            grid = self.soft_split1.feat_size(grid[0], grid[1])
+            x = restructurize(self.attention2(self.soft_split1(x)), grid)
+            maps.append(x)
+        if self.soft_split2 is not None and self.project is not None:
+            return self.project(self.soft_split2(x)), maps
+        return x.flatten(2).transpose(1, 2), maps
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backbone
+# ---------------------------------------------------------------------------------------------------------------
+
+def sinusoid_pos_embed(num_positions: int, dim: int, device=None, dtype=None) -> torch.Tensor:
+    """Fixed sine-cosine table (1, num_positions, dim) over flattened token positions, as in the reference.
+
+    Entry (p, j) is sin(p / 10000^(2 * (j // 2) / dim)) for even j and cos(...) for odd j, computed in float64.
+    """
+    position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)
+    channel = torch.arange(dim)
+    angle = position / torch.pow(10000., 2 * (channel // 2).double() / dim)
+    table = torch.where(channel % 2 == 0, angle.sin(), angle.cos())
+    return table.unsqueeze(0).to(device=device, dtype=dtype or torch.float32)
+
+
+@register_notrace_function
+def _check_img_size(height: int, width: int, img_size: Tuple[int, int]) -> None:
+    if height != img_size[0] or width != img_size[1]:
+        raise ValueError(
+            f'Input size ({height}x{width}) does not match the model img_size ({img_size[0]}x{img_size[1]}). '
+            f'Create the model with img_size=({height}, {width}), or with dynamic_img_size=True.')
+
+
+def _img_size_2tuple(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    size = to_2tuple(img_size)
+    if len(size) != 2:
+        raise ValueError(f'img_size must be an int or (height, width), got {img_size}.')
+    return int(size[0]), int(size[1])
+
+
+class T2TViT(nn.Module):
+    """T2T-ViT: a Tokens-to-Token module, then a ViT backbone on its tokens.
+
+    The positional table is the reference's fixed sinusoid (a buffer, not trained), built for `img_size`. Inputs
+    must have that size unless `dynamic_img_size=True`, when the table is resampled to any input size.
+    """
+    dynamic_img_size: Final[bool]
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'token',
+            embed_dim: int = 768,
+            depth: int = 12,
+            num_heads: int = 12,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = False,
+            t2t_layer: str = 'performer',
+            token_dim: int = 64,
+            soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
+            dynamic_img_size: bool = False,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Optional[LayerType] = None,
+            act_layer: Optional[LayerType] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            img_size: Input image size, int or (height, width).
+            in_chans: Number of image channels.
+            num_classes: Number of classes of the head, 0 for none.
+            global_pool: Pooling of the final tokens: 'token' (class token), 'avg', 'max', 'avgmax' or '' (none).
+            embed_dim: Backbone width.
+            depth: Number of backbone blocks.
+            num_heads: Number of attention heads in the backbone.
+            mlp_ratio: Backbone MLP hidden width as a multiple of embed_dim.
+            qkv_bias: Bias in the backbone's q, k, v projections.
+            t2t_layer: Kind of T2T layer, 'performer' or 'transformer'.
+            token_dim: Token width inside the T2T module.
+            soft_splits: (kernel, stride, padding) of each of the three soft splits.
+            dynamic_img_size: Accept any input size, resampling the positional table at run time.
+            drop_rate: Dropout before the head.
+            pos_drop_rate: Dropout after adding the positional table.
+            proj_drop_rate: Dropout after the backbone's attention projection and MLP.
+            attn_drop_rate: Dropout on backbone attention weights.
+            drop_path_rate: Stochastic depth rate, increasing linearly over the blocks.
+            norm_layer: Normalization layer (default nn.LayerNorm, eps 1e-5, as the reference).
+            act_layer: MLP activation (default GELU).
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f'Unknown global_pool {global_pool!r}, expected one of {GLOBAL_POOLS}.')
+        norm_layer = get_norm_layer(norm_layer) or nn.LayerNorm
+        act_layer = get_act_layer(act_layer) or nn.GELU
+
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+        # the first layer is a LayerNorm + Linear on unfolded patches, not a conv: checkpoint_filter_fn adapts it
+        self._traits = {'first_conv': None}
+
+        self.tokens_to_token = TokensToToken(
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            token_dim=token_dim,
+            t2t_layer=t2t_layer,
+            soft_splits=soft_splits,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            **dd,
+        )
+        self.img_size = _img_size_2tuple(img_size)
+        self.grid_size = self._grid_size(self.img_size)
+        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd))
+        self.register_buffer('pos_embed', torch.empty(1, self.grid_size[0] * self.grid_size[1] + 1, embed_dim, **dd))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        dpr = calculate_drop_path_rates(drop_path_rate, depth)
+        self.blocks = nn.Sequential(*[
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+                act_layer=act_layer,
+                norm_layer=norm_layer,
+                **dd,
+            )
+            for i in range(depth)])
+        t2t_reductions = self.tokens_to_token.reductions
+        self.feature_info = [
+            dict(module='tokens_to_token.attention1', num_chs=token_dim, reduction=t2t_reductions[0]),
+            dict(module='tokens_to_token.attention2', num_chs=token_dim, reduction=t2t_reductions[1]),
+        ] + [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=t2t_reductions[2]) for i in range(depth)]
+        self.norm = norm_layer(embed_dim, **dd)
+
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+        self.init_weights()
+        self.register_load_state_dict_pre_hook(_load_state_dict_pre_hook)
+
+    def _grid_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        grid = self.tokens_to_token.feat_size(img_size[0], img_size[1])
+        if grid[0] < 1 or grid[1] < 1:
+            raise ValueError(f'img_size {img_size} is too small for the soft splits of the T2T module.')
+        return grid
+
+    def init_weights(self) -> None:
+        """Initialize as the reference: trunc-normal Linear weights (std .02), zero biases, unit LayerNorms,
+        trunc-normal class token, sinusoid positional table, fresh Performer random features."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, PerformerAttention):
+                module.reset_random_features()
+        trunc_normal_(self.cls_token, std=.02)
+        with torch.no_grad():
+            self.pos_embed.copy_(sinusoid_pos_embed(self.pos_embed.shape[1], self.embed_dim))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        return {'cls_token'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^cls_token|^pos_embed|^tokens_to_token',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f'Unknown global_pool {global_pool!r}, expected one of {GLOBAL_POOLS}.')
+            if global_pool == 'token' and self.cls_token is None:
+                raise ValueError("global_pool='token' needs the class token, which pruning removed.")
+            self.global_pool = global_pool
+        dd = get_device_dtype(self)
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
+
+    def set_input_size(self, img_size: Union[int, Tuple[int, int]]) -> None:
+        """Build the model for another input size: the positional table is resampled to the new token grid."""
+        img_size = _img_size_2tuple(img_size)
+        grid_size = self._grid_size(img_size)
+        if grid_size != self.grid_size:
+            self.pos_embed = resample_abs_pos_embed(
+                self.pos_embed,
+                new_size=list(grid_size),
+                old_size=list(self.grid_size),
+                num_prefix_tokens=1,
+                antialias=False,
+                verbose=True,
+            )
+        self.img_size, self.grid_size = img_size, grid_size
+        update_model_input_size(self, img_size)
+
+    def _token_grid(self, x: torch.Tensor) -> Tuple[int, int]:
+        """Grid of the tokens the T2T module makes of `x`, after checking the input size unless it is dynamic."""
+        if self.dynamic_img_size:
+            return self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])
+        _check_img_size(x.shape[-2], x.shape[-1], self.img_size)
+        return self.grid_size
+
+    def _pos_embed(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        if self.dynamic_img_size:
+            pos_embed = resample_abs_pos_embed(
+                self.pos_embed,
+                new_size=[grid[0], grid[1]],
+                old_size=[self.grid_size[0], self.grid_size[1]],
+                num_prefix_tokens=1,
+                antialias=False,
+            )
+        else:
+            pos_embed = self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x + pos_embed)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that also returns intermediates, a feature pyramid at strides 4, 8 and 16.
+
+        Indices count over `feature_info`: 0 and 1 are the outputs of the two T2T layers (token_dim channels,
+        strides 4 and 8), 2 onwards the outputs of the blocks (embed_dim channels, stride 16).
+
+        Args:
+            x: Input image tensor.
+            indices: Take the last n features if int, all if None, those listed if a sequence.
+            return_prefix_tokens: Pair each intermediate with its prefix (class) token; T2T maps have none.
+            norm: Apply the final norm to block intermediates.
+            stop_early: Stop running blocks after the last intermediate taken.
+            output_fmt: 'NCHW' maps or 'NLC' tokens.
+            intermediates_only: Return only the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}.")
+        reshape = output_fmt == 'NCHW'
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+
+        B = x.shape[0]
+        grid = self._token_grid(x)
+        x, t2t_maps = self.tokens_to_token(x)
+        intermediates: List[torch.Tensor] = []
+        prefix_tokens: List[torch.Tensor] = []
+        for i, fmap in enumerate(t2t_maps):
+            if i in take_indices:
+                tokens = fmap.flatten(2).transpose(1, 2)
+                intermediates.append(fmap if reshape else tokens)
+                prefix_tokens.append(tokens[:, :0])
+        if self.cls_token is not None:
+            x = self._pos_embed(x, grid)
+
+        if torch.jit.is_scripting() or not stop_early:
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[:max(max_index - NUM_T2T_LAYERS + 1, 0)]
+        for i, blk in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x)
+            else:
+                x = blk(x)
+            if i + NUM_T2T_LAYERS in take_indices:
+                y = self.norm(x) if norm else x
+                prefix_tokens.append(y[:, :self.num_prefix_tokens])
+                y = y[:, self.num_prefix_tokens:]
+                if reshape:
+                    y = y.reshape(B, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+                intermediates.append(y)
+
+        if not torch.jit.is_scripting() and return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Remove the layers after the last of `indices` (counted over `feature_info`).
+
+        Pruning to a T2T layer output also removes the T2T layers after it, the projection, the class token and
+        the final norm: `forward_features` then returns that layer's tokens.
+        """
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        if max_index < NUM_T2T_LAYERS:
+            self.tokens_to_token.prune(max_index + 1)
+            self.cls_token = None
+            self.num_prefix_tokens = 0
+            self.blocks = nn.Sequential()
+            self.norm = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        else:
+            self.blocks = self.blocks[:max_index - NUM_T2T_LAYERS + 1]
+            if prune_norm:
+                self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized tokens (B, 1 + N, embed_dim), the class token first."""
+        grid = self._token_grid(x)
+        x, _ = self.tokens_to_token(x)
+        if self.cls_token is not None:
+            x = self._pos_embed(x, grid)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = global_pool_nlc(x, pool_type=self.global_pool, num_prefix_tokens=self.num_prefix_tokens)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.forward_head(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+_REFERENCE_T2T_KEY = re.compile(r'^(tokens_to_token\.attention[12])\.(w|kqv|proj|mlp\.0|mlp\.2)(\.weight|\.bias)?$')
+_REFERENCE_T2T_NAMES = {
+    'w': 'attn.random_features',
+    'kqv': 'attn.qkv',
+    'proj': 'attn.proj',
+    'mlp.0': 'mlp.fc1',
+    'mlp.2': 'mlp.fc2',
+}
+
+
+def _kqv_to_qkv(tensor: torch.Tensor) -> torch.Tensor:
+    k, q, v = tensor.chunk(3, dim=0)
+    return torch.cat([q, k, v], dim=0)
+
+
+def remap_reference_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename the reference's Performer T2T layer keys to this model's (and reorder k, q, v to q, k, v).
+
+    The reference's Transformer T2T layers and backbone already share this model's key names. A state dict in
+    this model's own format passes through unchanged.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        match = _REFERENCE_T2T_KEY.match(key)
+        if match:
+            layer, name, suffix = match.groups()
+            key = f'{layer}.{_REFERENCE_T2T_NAMES[name]}{suffix or ""}'
+            if name == 'kqv':
+                value = _kqv_to_qkv(value)
+        out[key] = value
+    return out
+
+
+def _source_grid(num_tokens: int, model: T2TViT) -> Tuple[int, int]:
+    """Token grid of a checkpoint's positional table: that of its pretrained cfg if it fits, else square."""
+    cfg_size = getattr(model, 'pretrained_cfg', {}).get('input_size')
+    if cfg_size is not None:
+        grid = model.tokens_to_token.feat_size(cfg_size[-2], cfg_size[-1])
+        if grid[0] * grid[1] == num_tokens:
+            return grid
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise ValueError(
+            f'Cannot tell the token grid of a checkpoint pos_embed with {num_tokens} tokens (not square).')
+    return side, side
+
+
+def _resample_pos_embed(state_dict: Dict[str, torch.Tensor], model: T2TViT) -> Dict[str, torch.Tensor]:
+    """Resample a checkpoint's positional table to the model's token grid (class entry kept), bicubic as the
+    reference does. A table of another width is left for load_state_dict to report."""
+    pos_embed = state_dict.get('pos_embed')
+    target = model.pos_embed
+    if pos_embed is None or pos_embed.ndim != 3 or pos_embed.shape[-1] != target.shape[-1]:
+        return state_dict
+    if pos_embed.shape[1] != target.shape[1]:
+        state_dict['pos_embed'] = resample_abs_pos_embed(
+            pos_embed,
+            new_size=list(model.grid_size),
+            old_size=list(_source_grid(pos_embed.shape[1] - 1, model)),
+            num_prefix_tokens=1,
+            antialias=False,
+            verbose=True,
+        )
+    return state_dict
+
+
+def _adapt_in_chans(state_dict: Dict[str, torch.Tensor], model: T2TViT) -> Dict[str, torch.Tensor]:
+    """Adapt the first T2T layer to the model's channel count.
+
+    Its q, k, v projection reads unfolded patches (channel-major C x k x k), so it is viewed as a k x k conv and
+    adapted the way timm adapts first convs. The LayerNorm before it gets the channel mean (one channel) or its
+    channels tiled (more channels).
+    """
+    prefix = 'tokens_to_token.attention1.'
+    weight = state_dict.get(prefix + 'attn.qkv.weight')
+    kernel = model.tokens_to_token.soft_split0.kernel_size
+    patch = kernel * kernel
+    if weight is None or weight.shape[1] == model.in_chans * patch or weight.shape[1] % patch:
+        return state_dict
+    source_chans = weight.shape[1] // patch
+    weight = weight.reshape(weight.shape[0], source_chans, kernel, kernel)
+    state_dict[prefix + 'attn.qkv.weight'] = adapt_input_conv(model.in_chans, weight).flatten(1)
+    for name in ('norm1.weight', 'norm1.bias'):
+        param = state_dict.get(prefix + name)
+        if param is not None and param.numel() == source_chans * patch:
+            param = param.reshape(source_chans, patch)
+            if model.in_chans == 1:
+                param = param.mean(dim=0, keepdim=True)
+            else:
+                param = param.repeat(math.ceil(model.in_chans / source_chans), 1)[:model.in_chans]
+            state_dict[prefix + name] = param.flatten()
+    _logger.info(f'Adapted the first T2T layer from {source_chans} to {model.in_chans} input channels.')
+    return state_dict
+
+
+def _unwrap_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The state dict in a checkpoint: EMA weights first (as timm prefers), then the plain ones.
+
+    Reference training checkpoints hold `state_dict` and `state_dict_ema`, its CIFAR fine-tunes `net`.
+    """
+    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'net'):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: T2TViT) -> Dict[str, torch.Tensor]:
+    """Convert a reference or timm checkpoint for `model`.
+
+    Unwraps training checkpoints, strips DDP / torch.compile prefixes, renames reference keys, resamples the
+    positional table to the model's grid and adapts the first layer to the model's channel count.
+    """
+    state_dict = clean_state_dict(_unwrap_checkpoint(state_dict))
+    state_dict = remap_reference_keys(state_dict)
+    state_dict = _resample_pos_embed(state_dict, model)
+    return _adapt_in_chans(state_dict, model)
+
+
+def _checkpoint_t2t_layer(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
+    if 'tokens_to_token.attention1.attn.random_features' in state_dict:
+        return 'performer'
+    if 'tokens_to_token.attention1.attn.qkv.weight' in state_dict:
+        return 'transformer'
+    return None
+
+
+def _load_state_dict_pre_hook(
+        module: T2TViT,
+        state_dict: Dict[str, Any],
+        prefix: str,
+        local_metadata: Dict[str, Any],
+        strict: bool,
+        missing_keys: List[str],
+        unexpected_keys: List[str],
+        error_msgs: List[str],
+) -> None:
+    """Let `load_state_dict` take reference state dicts too: prefixes, key names, positional table size."""
+    own = {k[len(prefix):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
+    if not prefix:
+        own = clean_state_dict(own)
+    own = _resample_pos_embed(remap_reference_keys(own), module)
+    source_kind = _checkpoint_t2t_layer(own)
+    model_kind = 'performer' if isinstance(module.tokens_to_token.attention1.attn, PerformerAttention) else 'transformer'
+    if strict and source_kind is not None and source_kind != model_kind:
+        error_msgs.append(f'The checkpoint has {source_kind} T2T layers, the model has {model_kind} T2T layers.')
+    state_dict.update({prefix + k: v for k, v in own.items()})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pretrained configs
+# ---------------------------------------------------------------------------------------------------------------
+
+_RELEASE_URL = 'https://github.com/yitu-opensource/T2T-ViT/releases/download/main/'
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': None,
+        'crop_pct': 0.9,
+        'interpolation': 'bicubic',
+        'fixed_input_size': True,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'tokens_to_token.attention1.attn.qkv',
+        'classifier': 'head',
+        'license': 'bsd-3-clause-clear',
+        'origin_url': 'https://github.com/yitu-opensource/T2T-ViT',
+        'paper_ids': 'arXiv:2101.11986',
+        'paper_name': 'Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    't2t_vit_7.in1k': _cfg(url=_RELEASE_URL + '71.7_T2T_ViT_7.pth.tar'),
+    't2t_vit_10.in1k': _cfg(url=_RELEASE_URL + '75.2_T2T_ViT_10.pth.tar'),
+    't2t_vit_12.in1k': _cfg(url=_RELEASE_URL + '76.5_T2T_ViT_12.pth.tar'),
+    't2t_vit_14.in1k': _cfg(url=_RELEASE_URL + '81.5_T2T_ViT_14.pth.tar'),
+    't2t_vit_14.in1k_384': _cfg(url=_RELEASE_URL + '83.3_T2T_ViT_14.pth.tar', input_size=(3, 384, 384)),
+    't2t_vit_19.in1k': _cfg(url=_RELEASE_URL + '81.9_T2T_ViT_19.pth.tar'),
+    't2t_vit_24.in1k': _cfg(url=_RELEASE_URL + '82.3_T2T_ViT_24.pth.tar'),
+    't2t_vit_24.tl_in1k': _cfg(
+        url=_RELEASE_URL + '84.2_T2T_ViT_24.pth.tar', notes=('trained with token labeling',)),
+    't2t_vit_t_14.in1k': _cfg(url=_RELEASE_URL + '81.7_T2T_ViTt_14.pth.tar'),
+    't2t_vit_t_19.in1k': _cfg(url=_RELEASE_URL + '82.4_T2T_ViTt_19.pth.tar'),
+    't2t_vit_t_24.in1k': _cfg(url=_RELEASE_URL + '82.6_T2T_ViTt_24.pth.tar'),
+    't2t_vit_14_resnext': _cfg(),
+    't2t_vit_14_wide': _cfg(),
+})
+
+
+def _create_t2t_vit(variant: str, pretrained: bool = False, **kwargs) -> T2TViT:
+    out_indices = kwargs.pop('out_indices', (0, 1, -1))  # features_only: strides 4, 8 and 16
+    return build_model_with_cfg(
+        T2TViT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------------------------
+
+@register_model
+def t2t_vit_7(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-7: Performer T2T layers, 7 blocks of width 256."""
+    model_args = dict(t2t_layer='performer', embed_dim=256, depth=7, num_heads=4, mlp_ratio=2.)
+    return _create_t2t_vit('t2t_vit_7', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_10(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-10: Performer T2T layers, 10 blocks of width 256."""
+    model_args = dict(t2t_layer='performer', embed_dim=256, depth=10, num_heads=4, mlp_ratio=2.)
+    return _create_t2t_vit('t2t_vit_10', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_12(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-12: Performer T2T layers, 12 blocks of width 256."""
+    model_args = dict(t2t_layer='performer', embed_dim=256, depth=12, num_heads=4, mlp_ratio=2.)
+    return _create_t2t_vit('t2t_vit_12', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_14(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-14: Performer T2T layers, 14 blocks of width 384."""
+    model_args = dict(t2t_layer='performer', embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_14', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_19(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-19: Performer T2T layers, 19 blocks of width 448."""
+    model_args = dict(t2t_layer='performer', embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_19', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_24(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-24: Performer T2T layers, 24 blocks of width 512."""
+    model_args = dict(t2t_layer='performer', embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_24', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_t_14(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT_t-14: Transformer T2T layers, 14 blocks of width 384."""
+    model_args = dict(t2t_layer='transformer', embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_t_14', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_t_19(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT_t-19: Transformer T2T layers, 19 blocks of width 448."""
+    model_args = dict(t2t_layer='transformer', embed_dim=448, depth=19, num_heads=7, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_t_19', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_t_24(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT_t-24: Transformer T2T layers, 24 blocks of width 512."""
+    model_args = dict(t2t_layer='transformer', embed_dim=512, depth=24, num_heads=8, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_t_24', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_14_resnext(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-14 ResNeXt-like: 32 heads of width 12 (no released weights)."""
+    model_args = dict(t2t_layer='performer', embed_dim=384, depth=14, num_heads=32, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_14_resnext', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_14_wide(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-14 wide: 4 blocks of width 768, 12 heads (no released weights)."""
+    model_args = dict(t2t_layer='performer', embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_14_wide', pretrained=pretrained, **dict(model_args, **kwargs))
