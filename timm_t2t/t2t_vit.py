@@ -104,6 +104,7 @@ def _performer_attention_autocast_off(
         return _performer_attention_fp32(q, k, v, random_features, eps)
 
 
+@torch.fx.wrap
 @register_notrace_function
 def performer_attention(
         q: torch.Tensor,
@@ -369,8 +370,10 @@ def sinusoid_pos_embed(num_positions: int, dim: int, device=None, dtype=None) ->
     return table.unsqueeze(0).to(device=device, dtype=dtype or torch.float32)
 
 
+@torch.fx.wrap
 @register_notrace_function
-def _check_img_size(height: int, width: int, img_size: Tuple[int, int]) -> None:
+def check_img_size(height: int, width: int, img_size: Tuple[int, int]) -> None:
+    """Raise a ValueError naming both sizes if an input does not have the model's fixed size."""
     if height != img_size[0] or width != img_size[1]:
         raise ValueError(
             f'Input size ({height}x{width}) does not match the model img_size ({img_size[0]}x{img_size[1]}). '
@@ -575,7 +578,7 @@ class T2TViT(nn.Module):
         """Grid of the tokens the T2T module makes of `x`, after checking the input size unless it is dynamic."""
         if self.dynamic_img_size:
             return self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])
-        _check_img_size(x.shape[-2], x.shape[-1], self.img_size)
+        check_img_size(x.shape[-2], x.shape[-1], self.img_size)
         return self.grid_size
 
     def _pos_embed(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
