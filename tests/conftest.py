@@ -1,0 +1,34 @@
+"""Shared fixtures: the reference parity cases and small models."""
+import pytest
+import torch
+
+from timm_t2t import T2TViT
+
+from parity_cases import PARITY_CASES, ParityCase, load_parity_case
+
+# A small architecture for API tests, run with both kinds of T2T layer.
+SMALL = dict(img_size=64, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2., token_dim=16, num_classes=10)
+
+
+@pytest.fixture(params=PARITY_CASES)
+def parity_case(request) -> ParityCase:
+    return load_parity_case(request.param)
+
+
+@pytest.fixture(params=['performer', 'transformer'])
+def t2t_layer(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_small_model(t2t_layer):
+    """Builds the small architecture with this test's T2T layer kind; keyword arguments override it."""
+    def make(**kwargs) -> T2TViT:
+        return T2TViT(**{**SMALL, 't2t_layer': t2t_layer, **kwargs}).eval()
+    return make
+
+
+@pytest.fixture
+def small_model(make_small_model) -> T2TViT:
+    torch.manual_seed(0)
+    return make_small_model()

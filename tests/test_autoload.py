@@ -1,0 +1,72 @@
+"""The installed package registers its models whenever timm is imported, in fresh interpreters."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+EXPECTED = sorted([
+    't2t_vit_7', 't2t_vit_10', 't2t_vit_12', 't2t_vit_14', 't2t_vit_19', 't2t_vit_24',
+    't2t_vit_t_14', 't2t_vit_t_19', 't2t_vit_t_24', 't2t_vit_14_resnext', 't2t_vit_14_wide',
+])
+
+
+def _run(code: str, **env) -> dict:
+    environ = {k: v for k, v in os.environ.items() if k != 'TIMM_T2T_AUTOLOAD'}
+    environ.update(env)
+    result = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, env=environ, check=True, timeout=120)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+LIST_MODELS = 'import json, sys, timm; print(json.dumps(dict(models=timm.list_models("t2t_vit*"), ' \
+              'plugin="timm_t2t" in sys.modules)))'
+
+
+def test_importing_timm_registers_the_models():
+    result = _run(LIST_MODELS)
+    assert sorted(result['models']) == EXPECTED
+    assert result['plugin']
+
+
+def test_interpreter_start_does_not_import_timm_or_torch():
+    result = _run('import json, sys; print(json.dumps({m: m in sys.modules for m in ("timm", "torch", "timm_t2t")}))')
+    assert result == {'timm': False, 'torch': False, 'timm_t2t': False}
+
+
+def test_create_model_in_a_plain_script():
+    code = 'import json, timm, torch\n' \
+           'model = timm.create_model("t2t_vit_7", num_classes=3).eval()\n' \
+           'print(json.dumps(list(model(torch.randn(1, 3, 224, 224)).shape)))'
+    assert _run(code) == [1, 3]
+
+
+@pytest.mark.parametrize('value', ['0', 'false'])
+def test_env_var_turns_it_off_and_import_still_registers(value):
+    assert _run(LIST_MODELS, TIMM_T2T_AUTOLOAD=value) == {'models': [], 'plugin': False}
+    code = 'import json, timm, timm_t2t; print(json.dumps(sorted(timm.list_models("t2t_vit*"))))'
+    assert _run(code, TIMM_T2T_AUTOLOAD=value) == EXPECTED
+
+
+def test_importing_the_package_first_works():
+    code = 'import json, timm_t2t, timm; print(json.dumps(sorted(timm.list_models("t2t_vit*"))))'
+    assert _run(code) == EXPECTED
+
+
+def test_registry_metadata():
+    code = 'import json, timm\n' \
+           'print(json.dumps(dict(pretrained=timm.list_pretrained("t2t_vit*"),\n' \
+           '    module=sorted(timm.list_models(module="t2t_vit")),\n' \
+           '    cfg=timm.models.get_pretrained_cfg("t2t_vit_14.in1k_384").to_dict())))'
+    result = _run(code)
+    assert result['module'] == EXPECTED
+    assert sorted(result['pretrained']) == sorted([
+        't2t_vit_7.in1k', 't2t_vit_10.in1k', 't2t_vit_12.in1k', 't2t_vit_14.in1k', 't2t_vit_14.in1k_384',
+        't2t_vit_19.in1k', 't2t_vit_24.in1k', 't2t_vit_24.tl_in1k',
+        't2t_vit_t_14.in1k', 't2t_vit_t_19.in1k', 't2t_vit_t_24.in1k',
+    ])
+    cfg = result['cfg']
+    assert cfg['input_size'] == [3, 384, 384] and cfg['crop_pct'] == 0.9 and cfg['interpolation'] == 'bicubic'
+    assert cfg['url'].endswith('/83.3_T2T_ViT_14.pth.tar')
+    assert cfg['paper_ids'] == 'arXiv:2101.11986' and cfg['first_conv'] == 'tokens_to_token.attention1.attn.qkv'
