@@ -42,10 +42,13 @@ from timm.models import (
     clean_state_dict,
     generate_default_cfgs,
     register_model,
+    resolve_pretrained_cfg,
 )
 from timm.models._features import feature_take_indices
 from timm.models._input import update_model_input_size
 from timm.models.vision_transformer import Block, global_pool_nlc
+
+from .hub import fetch_pretrained_file, hub_repo_id
 
 __all__ = ['T2TViT']
 
@@ -819,16 +822,26 @@ def _unwrap_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     return checkpoint
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: T2TViT) -> Dict[str, torch.Tensor]:
-    """Convert a reference or timm checkpoint for `model`.
+def normalize_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The state dict of a reference or timm checkpoint in this model's key format.
 
-    Unwraps training checkpoints, strips DDP / torch.compile prefixes, renames reference keys, resamples the
-    positional table to the model's grid and adapts the first layer to the model's channel count.
+    Unwraps training checkpoints, strips DDP / torch.compile prefixes and renames reference keys.
     """
-    state_dict = clean_state_dict(_unwrap_checkpoint(state_dict))
-    state_dict = remap_reference_keys(state_dict)
-    state_dict = _resample_pos_embed(state_dict, model)
+    return remap_reference_keys(clean_state_dict(_unwrap_checkpoint(checkpoint)))
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: T2TViT) -> Dict[str, torch.Tensor]:
+    """Convert a reference or timm checkpoint for `model`: normalize it, resample the positional table to the
+    model's grid and adapt the first layer to the model's channel count."""
+    state_dict = _resample_pos_embed(normalize_state_dict(state_dict), model)
     return _adapt_in_chans(state_dict, model)
+
+
+def check_t2t_checkpoint(checkpoint: Dict[str, Any]) -> None:
+    """Raise a ValueError unless a loaded checkpoint holds T2T-ViT weights (in reference or timm format)."""
+    state_dict = normalize_state_dict(checkpoint)
+    if 'pos_embed' not in state_dict or not any(k.startswith('tokens_to_token.') for k in state_dict):
+        raise ValueError(f'it holds no T2T-ViT weights (keys: {", ".join(sorted(state_dict)[:4])}, ...)')
 
 
 def _checkpoint_t2t_layer(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
@@ -866,6 +879,7 @@ def _load_state_dict_pre_hook(
 # ---------------------------------------------------------------------------------------------------------------
 
 _RELEASE_URL = 'https://github.com/yitu-opensource/T2T-ViT/releases/download/main/'
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # used for both CIFAR fine-tunes
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
@@ -889,26 +903,52 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
+def _cifar_cfg(num_classes: int) -> Dict[str, Any]:
+    # fine-tuned and evaluated on CIFAR images resized to 224 (bilinear), no center crop
+    return dict(num_classes=num_classes, mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_pct=1.0, interpolation='bilinear')
+
+
+# (pretrained tag, release file, cfg changes): weights on the Hub, the release file as the fallback source
+_RELEASES = [
+    ('t2t_vit_7.in1k', '71.7_T2T_ViT_7.pth.tar', {}),
+    ('t2t_vit_10.in1k', '75.2_T2T_ViT_10.pth.tar', {}),
+    ('t2t_vit_12.in1k', '76.5_T2T_ViT_12.pth.tar', {}),
+    ('t2t_vit_14.in1k', '81.5_T2T_ViT_14.pth.tar', {}),
+    ('t2t_vit_14.in1k_384', '83.3_T2T_ViT_14.pth.tar', dict(input_size=(3, 384, 384))),
+    ('t2t_vit_14.in1k_ft_cifar10', 'cifar10_t2t-vit_14_98.3.pth', _cifar_cfg(10)),
+    ('t2t_vit_14.in1k_ft_cifar100', 'cirfar100_t2t-vit-14_88.4.pth', _cifar_cfg(100)),
+    ('t2t_vit_19.in1k', '81.9_T2T_ViT_19.pth.tar', {}),
+    ('t2t_vit_19.in1k_ft_cifar10', 'cifar10_t2t-vit_19_98.4.pth', _cifar_cfg(10)),
+    ('t2t_vit_19.in1k_ft_cifar100', 'cifar100_t2t-vit-19_89.0.pth', _cifar_cfg(100)),
+    ('t2t_vit_24.in1k', '82.3_T2T_ViT_24.pth.tar', {}),
+    ('t2t_vit_24.tl_in1k', '84.2_T2T_ViT_24.pth.tar', dict(notes=('trained with token labeling',))),
+    ('t2t_vit_t_14.in1k', '81.7_T2T_ViTt_14.pth.tar', {}),
+    ('t2t_vit_t_19.in1k', '82.4_T2T_ViTt_19.pth.tar', {}),
+    ('t2t_vit_t_24.in1k', '82.6_T2T_ViTt_24.pth.tar', {}),
+]
+
 default_cfgs = generate_default_cfgs({
-    't2t_vit_7.in1k': _cfg(url=_RELEASE_URL + '71.7_T2T_ViT_7.pth.tar'),
-    't2t_vit_10.in1k': _cfg(url=_RELEASE_URL + '75.2_T2T_ViT_10.pth.tar'),
-    't2t_vit_12.in1k': _cfg(url=_RELEASE_URL + '76.5_T2T_ViT_12.pth.tar'),
-    't2t_vit_14.in1k': _cfg(url=_RELEASE_URL + '81.5_T2T_ViT_14.pth.tar'),
-    't2t_vit_14.in1k_384': _cfg(url=_RELEASE_URL + '83.3_T2T_ViT_14.pth.tar', input_size=(3, 384, 384)),
-    't2t_vit_19.in1k': _cfg(url=_RELEASE_URL + '81.9_T2T_ViT_19.pth.tar'),
-    't2t_vit_24.in1k': _cfg(url=_RELEASE_URL + '82.3_T2T_ViT_24.pth.tar'),
-    't2t_vit_24.tl_in1k': _cfg(
-        url=_RELEASE_URL + '84.2_T2T_ViT_24.pth.tar', notes=('trained with token labeling',)),
-    't2t_vit_t_14.in1k': _cfg(url=_RELEASE_URL + '81.7_T2T_ViTt_14.pth.tar'),
-    't2t_vit_t_19.in1k': _cfg(url=_RELEASE_URL + '82.4_T2T_ViTt_19.pth.tar'),
-    't2t_vit_t_24.in1k': _cfg(url=_RELEASE_URL + '82.6_T2T_ViTt_24.pth.tar'),
+    **{name: _cfg(url=_RELEASE_URL + file, hf_hub_id=hub_repo_id(name), **kwargs) for name, file, kwargs in _RELEASES},
     't2t_vit_14_resnext': _cfg(),
     't2t_vit_14_wide': _cfg(),
 })
 
 
+def _pretrained_file_overlay(variant: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The pretrained cfg overlay that points timm at checked local weights (Hub first, then the release)."""
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    pretrained_cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=overlay)
+    path = fetch_pretrained_file(pretrained_cfg.to_dict(), check_t2t_checkpoint, cache_dir=kwargs.get('cache_dir'))
+    if path is not None:
+        overlay.update(file=path, source='')  # timm then loads this file through checkpoint_filter_fn
+    return overlay
+
+
 def _create_t2t_vit(variant: str, pretrained: bool = False, **kwargs) -> T2TViT:
     out_indices = kwargs.pop('out_indices', (0, 1, -1))  # features_only: strides 4, 8 and 16
+    if pretrained:
+        kwargs['pretrained_cfg_overlay'] = _pretrained_file_overlay(variant, kwargs)
     return build_model_with_cfg(
         T2TViT,
         variant,

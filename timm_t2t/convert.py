@@ -1,0 +1,239 @@
+"""Convert reference T2T-ViT checkpoints into timm's Hugging Face Hub format, checked before anything is written.
+
+A converted folder holds `model.safetensors` and `config.json` as timm's `save_for_hf` writes them, and a model
+card (`README.md`) with the variant's paper numbers and citation. It loads with
+`timm.create_model('hf-hub:ORG/REPO', pretrained=True)` once pushed, or `'local-dir:PATH'` as it is.
+"""
+import logging
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import timm
+import torch
+from huggingface_hub import HfApi
+from timm.models import load_state_dict, save_for_hf
+from timm.models._hub import generate_readme
+
+from .t2t_vit import DEFAULT_SOFT_SPLITS, T2TViT, check_t2t_checkpoint, checkpoint_filter_fn, normalize_state_dict
+
+__all__ = ['ConversionError', 'convert_checkpoint', 'model_card', 'push_folder']
+
+_logger = logging.getLogger(__name__)
+
+PAPER_URL = 'https://arxiv.org/abs/2101.11986'
+REFERENCE_URL = 'https://github.com/yitu-opensource/T2T-ViT'
+CITATION = """@inproceedings{yuan2021tokens,
+  title={Tokens-to-Token ViT: Training Vision Transformers From Scratch on ImageNet},
+  author={Yuan, Li and Chen, Yunpeng and Wang, Tao and Yu, Weihao and Shi, Yujun and Jiang, Zi-Hang and
+          Tay, Francis E.H. and Feng, Jiashi and Yan, Shuicheng},
+  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
+  pages={558--567},
+  year={2021}
+}"""
+
+# Paper numbers: (params in millions, GMACs at 224) per architecture, top-1 per released checkpoint.
+PAPER_MODEL_STATS = {
+    't2t_vit_7': (4.3, 1.1),
+    't2t_vit_10': (5.9, 1.5),
+    't2t_vit_12': (6.9, 1.8),
+    't2t_vit_14': (21.5, 4.8),
+    't2t_vit_19': (39.2, 8.5),
+    't2t_vit_24': (64.1, 13.8),
+    't2t_vit_t_14': (21.5, 6.1),
+    't2t_vit_t_19': (39.2, 9.8),
+    't2t_vit_t_24': (64.1, 15.0),
+}
+PAPER_TOP1 = {
+    't2t_vit_7.in1k': 71.7,
+    't2t_vit_10.in1k': 75.2,
+    't2t_vit_12.in1k': 76.5,
+    't2t_vit_14.in1k': 81.5,
+    't2t_vit_14.in1k_384': 83.3,
+    't2t_vit_14.in1k_ft_cifar10': 98.3,
+    't2t_vit_14.in1k_ft_cifar100': 88.4,
+    't2t_vit_19.in1k': 81.9,
+    't2t_vit_19.in1k_ft_cifar10': 98.4,
+    't2t_vit_19.in1k_ft_cifar100': 89.0,
+    't2t_vit_24.in1k': 82.3,
+    't2t_vit_24.tl_in1k': 84.2,
+    't2t_vit_t_14.in1k': 81.7,
+    't2t_vit_t_19.in1k': 82.4,
+    't2t_vit_t_24.in1k': 82.6,
+}
+
+
+class ConversionError(ValueError):
+    """The source cannot be converted, or the converted weights do not reproduce it."""
+
+
+def _dataset(num_classes: int, tag: str) -> Optional[str]:
+    if 'cifar100' in tag and num_classes == 100:
+        return 'CIFAR-100'
+    if 'cifar10' in tag and num_classes == 10:
+        return 'CIFAR-10'
+    return 'ImageNet-1k' if num_classes == 1000 else None
+
+
+def model_card(model: T2TViT, repo_id: Optional[str] = None, released: bool = True) -> Dict[str, Any]:
+    """timm model card fields (see timm's generate_readme) for a converted model.
+
+    Args:
+        model: The converted model, with the pretrained cfg of its tag.
+        repo_id: The Hub repo it goes to, for the usage snippet.
+        released: The model is a released configuration, so the paper's numbers describe it.
+    """
+    cfg = model.pretrained_cfg
+    name = '.'.join(filter(None, (cfg['architecture'], cfg.get('tag'))))
+    height, width = model.img_size
+    stats = {
+        'Params (M)': round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+        'Image size': f'{height} x {width}',
+    }
+    if released and cfg['architecture'] in PAPER_MODEL_STATS:
+        params, gmacs = PAPER_MODEL_STATS[cfg['architecture']]
+        stats.update({'Params (M), paper': params, 'GMACs at 224 x 224, paper': gmacs})
+    if released and name in PAPER_TOP1:
+        stats['Top-1 accuracy (%), paper'] = PAPER_TOP1[name]
+    dataset = _dataset(model.num_classes, cfg.get('tag') or '')
+    model_ref = f'hf-hub:{repo_id}' if repo_id else 'local-dir:PATH_TO_THIS_FOLDER'
+    details = {
+        'Model Type': 'Image classification / feature backbone',
+        'Model Stats': stats,
+        'Papers': {'Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet': PAPER_URL},
+        **({'Dataset': dataset} if dataset else {}),
+        'Original': REFERENCE_URL,
+    }
+    return {
+        'description': (
+            f'T2T-ViT ({name if released else cfg["architecture"]}), a Tokens-to-Token Vision Transformer, with '
+            + ('the weights released with the reference implementation' if released else 'weights in the reference '
+               'format') + f' ({REFERENCE_URL}), converted to timm. Load it with the `timm-t2t` package installed.'),
+        'details': details,
+        'usage': (
+            '```python\nimport timm  # with timm-t2t installed\n\n'
+            f"model = timm.create_model('{model_ref}', pretrained=True).eval()\n"
+            'config = timm.data.resolve_data_config(model=model)\n'
+            'transform = timm.data.create_transform(**config)\n```\n'),
+        'citation': CITATION,
+        'license': 'bsd-3-clause-clear',
+    }
+
+
+def _source_state_dict(source: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
+    if not source.is_file():
+        raise ConversionError(f'No checkpoint file at {source}.')
+    try:
+        checkpoint = load_state_dict(str(source), use_ema=use_ema)
+        check_t2t_checkpoint(checkpoint)
+    except Exception as e:
+        raise ConversionError(f'{source} is not a T2T-ViT checkpoint: {e}') from e
+    return checkpoint
+
+
+def _source_model_args(state_dict: Dict[str, torch.Tensor], model_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Classes, channels and (square) input size of a checkpoint, read from its weights."""
+    state_dict = normalize_state_dict(state_dict)
+    soft_splits = model_kwargs.get('soft_splits', DEFAULT_SOFT_SPLITS)
+    args = {'in_chans': state_dict['tokens_to_token.attention1.attn.qkv.weight'].shape[1] // soft_splits[0][0] ** 2}
+    if 'head.weight' in state_dict:
+        args['num_classes'] = state_dict['head.weight'].shape[0]
+    num_tokens = state_dict['pos_embed'].shape[1] - 1
+    side = math.isqrt(num_tokens)
+    if side * side == num_tokens:
+        args['img_size'] = side * math.prod(s[1] for s in soft_splits)
+    return args
+
+
+def _fit_problems(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:
+    """A one-line summary of the keys and shapes by which a state dict does not fit a model ('' if it fits)."""
+    own = model.state_dict()
+    groups = (
+        ('missing', [k for k in own if k not in state_dict]),
+        ('unexpected', [k for k in state_dict if k not in own]),
+        ('of another shape (checkpoint vs model)', [
+            f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}'
+            for k, v in state_dict.items() if k in own and v.shape != own[k].shape]),
+    )
+    return '; '.join(
+        f'{len(keys)} keys {label}: {", ".join(keys[:3])}{", ..." if len(keys) > 3 else ""}'
+        for label, keys in groups if keys)
+
+
+def _logits(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(inputs)
+
+
+def convert_checkpoint(
+        source: Union[str, Path],
+        output_dir: Union[str, Path],
+        model_name: str,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        use_ema: bool = True,
+        repo_id: Optional[str] = None,
+        atol: float = 1e-5,
+) -> Tuple[Path, float]:
+    """Write a reference checkpoint as a timm Hub folder, after checking it reproduces the source's logits.
+
+    The source is loaded into `model_name` (an entry point, optionally with a pretrained tag whose cfg the folder
+    carries) with the classes, channels and input size its weights have. The folder is written to a temporary
+    place, loaded back through timm (`local-dir:`) and its logits compared with the source model's; only then is
+    it moved to `output_dir`, which must not exist or be empty.
+
+    Returns:
+        The output folder and the largest logit difference found.
+    """
+    source, output_dir = Path(source), Path(output_dir)
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise ConversionError(f'{output_dir} already exists and is not an empty directory.')
+    architecture = model_name.split('.')[0]
+    if architecture not in timm.list_models('t2t_vit*'):
+        raise ConversionError(
+            f'Unknown T2T-ViT variant {architecture!r}; choose from {", ".join(timm.list_models("t2t_vit*"))}.')
+    if '.' in model_name and timm.models.get_pretrained_cfg(model_name) is None:
+        raise ConversionError(
+            f'Unknown pretrained tag {model_name!r}; known: {", ".join(timm.list_pretrained(architecture + ".*"))}.')
+
+    state_dict = _source_state_dict(source, use_ema)
+    model_kwargs = model_kwargs or {}
+    kwargs = {**_source_model_args(state_dict, model_kwargs), **model_kwargs}
+    try:
+        model = timm.create_model(model_name, **kwargs)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ConversionError(f'Cannot build {model_name} with {kwargs}: {e}') from e
+    state_dict = checkpoint_filter_fn(state_dict, model)
+    problems = _fit_problems(model, state_dict)
+    if problems:
+        raise ConversionError(f'{source} does not fit {model_name}: {problems}.')
+    model.load_state_dict(state_dict)
+    released = not model_kwargs and model.num_classes == model.pretrained_cfg['num_classes']
+
+    torch.manual_seed(0)
+    inputs = torch.randn(2, model.in_chans, *model.img_size)
+    expected = _logits(model, inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / 'converted'
+        save_for_hf(model, folder, safe_serialization=True)
+        (folder / 'README.md').write_text(
+            generate_readme(model_card(model, repo_id, released), repo_id or model_name), encoding='utf-8')
+        reloaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+        diff = (_logits(reloaded, inputs) - expected).abs().max().item()
+        if not diff <= atol:
+            raise ConversionError(f'The converted weights do not reproduce the source logits (max diff {diff:.3g}).')
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        if output_dir.exists():
+            output_dir.rmdir()
+        shutil.move(str(folder), str(output_dir))
+    _logger.info(f'Converted {source} to {output_dir} ({model_name}); logits reproduced within {diff:.3g}.')
+    return output_dir, diff
+
+
+def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, token: Optional[str] = None) -> str:
+    """Upload a converted folder to a Hub repo (created if missing). Returns the commit URL."""
+    api = HfApi(token=token, library_name='timm-t2t')
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message='Add T2T-ViT weights')
+    return commit.commit_url
