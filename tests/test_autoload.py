@@ -1,10 +1,7 @@
 """The installed package registers its models whenever timm is imported, in fresh interpreters."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
+
+from fresh_python import run_python
 
 EXPECTED = sorted([
     't2t_vit_7', 't2t_vit_10', 't2t_vit_12', 't2t_vit_14', 't2t_vit_19', 't2t_vit_24',
@@ -12,12 +9,8 @@ EXPECTED = sorted([
 ])
 
 
-def _run(code: str, **env) -> dict:
-    environ = {k: v for k, v in os.environ.items() if k != 'TIMM_T2T_AUTOLOAD'}
-    environ.update(env)
-    result = subprocess.run(
-        [sys.executable, '-c', code], capture_output=True, text=True, env=environ, check=True, timeout=120)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def _run(code: str, **env):
+    return run_python(code, env)
 
 
 LIST_MODELS = 'import json, sys, timm; print(json.dumps(dict(models=timm.list_models("t2t_vit*"), ' \

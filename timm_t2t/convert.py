@@ -193,7 +193,7 @@ def convert_checkpoint(
     if architecture not in timm.list_models('t2t_vit*'):
         raise ConversionError(
             f'Unknown T2T-ViT variant {architecture!r}; choose from {", ".join(timm.list_models("t2t_vit*"))}.')
-    if '.' in model_name and timm.models.get_pretrained_cfg(model_name) is None:
+    if '.' in model_name and model_name not in timm.list_models(f'{architecture}.*', include_tags=True):
         raise ConversionError(
             f'Unknown pretrained tag {model_name!r}; known: {", ".join(timm.list_pretrained(architecture + ".*"))}.')
 

@@ -1,0 +1,83 @@
+"""A loopback HTTP server that answers file downloads the way the Hugging Face Hub and release pages do.
+
+`/{org}/{repo}/resolve/{revision}/{filename}` serves Hub repo files, with the headers huggingface_hub reads
+(X-Repo-Commit, ETag, Content-Length) and the Hub's error codes for missing repos and files.
+`/releases/{filename}` serves plain downloads, like GitHub release assets. Every request is recorded.
+"""
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+
+class LoopbackHub:
+    def __init__(self) -> None:
+        self.repos: Dict[str, Dict[str, bytes]] = {}
+        self.releases: Dict[str, bytes] = {}
+        self.requests: List[Tuple[str, str]] = []
+        self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f'http://{host}:{port}'
+
+    def add_folder(self, repo_id: str, folder: Path) -> None:
+        self.repos[repo_id] = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+    def requests_to(self, path_prefix: str) -> List[Tuple[str, str]]:
+        return [r for r in self.requests if r[1].startswith(path_prefix)]
+
+    def __enter__(self) -> 'LoopbackHub':
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _lookup(self, path: str) -> Tuple[int, Dict[str, str], bytes]:
+        parts = path.split('?')[0].strip('/').split('/')
+        if parts[0] == 'releases' and len(parts) == 2:
+            if parts[1] not in self.releases:
+                return 404, {}, b'Not Found'
+            return 200, {}, self.releases[parts[1]]
+        if len(parts) >= 5 and parts[2] == 'resolve':
+            repo_id, filename = '/'.join(parts[:2]), '/'.join(parts[4:])
+            if repo_id not in self.repos:
+                return 404, {'X-Error-Code': 'RepoNotFound'}, b'{"error": "Repository not found"}'
+            if filename not in self.repos[repo_id]:
+                return 404, {'X-Error-Code': 'EntryNotFound'}, b'{"error": "Entry not found"}'
+            content = self.repos[repo_id][filename]
+            commit = hashlib.sha1(b''.join(sorted(self.repos[repo_id].values()))).hexdigest()
+            return 200, {'X-Repo-Commit': commit, 'ETag': f'"{hashlib.sha256(content).hexdigest()}"'}, content
+        return 404, {}, b'Not Found'
+
+    def _handler(self):
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _respond(self, with_body: bool) -> None:
+                hub.requests.append((self.command, self.path))
+                status, headers, body = hub._lookup(self.path)
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header('Content-Type', 'application/octet-stream')
+                self.send_header('Content-Length', str(len(body)))
+                self.end_headers()
+                if with_body:
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:
+                self._respond(with_body=False)
+
+            def do_GET(self) -> None:
+                self._respond(with_body=True)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        return Handler

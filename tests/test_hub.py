@@ -1,0 +1,228 @@
+"""Pretrained weights from the Hugging Face Hub and the release files, through huggingface_hub's and torch's own
+download code, against a loopback server (HF_ENDPOINT), in fresh interpreters. No mocks."""
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.models import save_for_hf
+
+from benchmarks.reference_t2t import ReferenceT2TViT
+from fresh_python import run_python
+from timm_t2t.cli import main as cli_main
+from loopback_hub import LoopbackHub
+
+TINY = dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=1., token_dim=8)  # t2t_vit_7 made small
+REPO = 'testorg/t2t_vit_7.in1k'  # the Hub repo of t2t_vit_7's default pretrained tag, under TIMM_T2T_HUB_ORG
+
+LOAD = '''
+import io, json, logging, torch, timm
+log = io.StringIO()
+logging.basicConfig(level=logging.INFO, stream=log, format='%(levelname)s %(message)s')
+torch.manual_seed(0)
+x = torch.randn(1, {in_chans}, {size}, {size})
+try:
+    model = timm.create_model({name!r}, pretrained=True, **{kwargs!r}).eval()
+    with torch.no_grad():
+        out = model(x)
+    result = dict(logits=out[0].tolist(), pos_tokens=model.pos_embed.shape[1])
+except Exception as e:
+    result = dict(error=type(e).__name__, message=str(e))
+result['log'] = log.getvalue()
+print(json.dumps(result))
+'''
+
+
+def torch_save_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def hub():
+    with LoopbackHub() as server:
+        yield server
+
+
+@pytest.fixture
+def env(hub, tmp_path):
+    return dict(
+        HF_ENDPOINT=hub.url,
+        HF_HOME=str(tmp_path / 'hf'),
+        TORCH_HOME=str(tmp_path / 'torch'),
+        TIMM_T2T_HUB_ORG='testorg',
+        HF_HUB_DISABLE_TELEMETRY='1',
+        NO_PROXY='127.0.0.1,localhost',
+    )
+
+
+def _load(env, name='t2t_vit_7', in_chans=3, size=224, model_in_chans=None, **kwargs):
+    """Create `name` with pretrained=True in a fresh interpreter and run it on `_inputs(in_chans, size)`."""
+    if not name.startswith('hf-hub:'):
+        kwargs = {**TINY, **kwargs}
+    if model_in_chans is not None:
+        kwargs['in_chans'] = model_in_chans
+    return run_python(LOAD.format(name=name, kwargs=kwargs, in_chans=in_chans, size=size), env)
+
+
+def _inputs(in_chans=3, size=224):
+    torch.manual_seed(0)
+    return torch.randn(1, in_chans, size, size)
+
+
+def _logits(model, inputs):
+    with torch.no_grad():
+        return model.eval()(inputs)[0]
+
+
+def _assert_logits(result, expected):
+    assert 'error' not in result, result
+    torch.testing.assert_close(torch.tensor(result['logits']), expected, rtol=0, atol=1e-5)
+
+
+@pytest.fixture
+def hub_model(hub, tmp_path):
+    """A small t2t_vit_7 published in timm's Hub format as the repo of its default pretrained tag."""
+    torch.manual_seed(1)
+    model = timm.create_model('t2t_vit_7', **TINY)
+    save_for_hf(model, tmp_path / 'repo', safe_serialization=True)
+    hub.add_folder(REPO, tmp_path / 'repo')
+    return model
+
+
+@pytest.fixture
+def release(hub):
+    """A small reference-format training checkpoint served as a release file; returns (url, expected EMA model)."""
+    torch.manual_seed(2)
+    reference = ReferenceT2TViT(tokens_type='performer', **TINY)
+    plain = {f'module.{k}': v for k, v in reference.state_dict().items()}
+    ema = {k: v + 0.01 * torch.randn_like(v) for k, v in plain.items()}
+    hub.releases['71.7_T2T_ViT_7.pth.tar'] = torch_save_bytes({'state_dict': plain, 'state_dict_ema': ema, 'epoch': 309})
+    reference.load_state_dict({k[len('module.'):]: v for k, v in ema.items()})
+    return f'{hub.url}/releases/71.7_T2T_ViT_7.pth.tar', reference
+
+
+def test_first_download_then_cached_loads_make_no_request(hub, env, hub_model):
+    expected = _logits(hub_model, _inputs())
+    first = _load(env)
+    _assert_logits(first, expected)
+    assert hub.requests_to(f'/{REPO}/resolve/main/model.safetensors')
+    assert f'loading weights from the Hugging Face Hub ({REPO})' in first['log']
+
+    hub.requests.clear()
+    _assert_logits(_load(env), expected)
+    _assert_logits(_load({**env, 'HF_HUB_OFFLINE': '1'}), expected)
+    assert hub.requests == []
+
+
+def test_missing_repo_falls_back_to_the_release_file(hub, env, release):
+    url, reference = release
+    result = _load(env, pretrained_cfg_overlay=dict(url=url))
+    _assert_logits(result, _logits(reference, _inputs()))  # converted on the fly, EMA weights
+    assert hub.requests_to(f'/{REPO}/resolve/')  # the Hub was asked first
+    assert f'{REPO} is not on the Hugging Face Hub (RepositoryNotFoundError); falling back' in result['log']
+    assert f'loading weights from the official release ({url})' in result['log']
+
+    hub.requests.clear()
+    _assert_logits(_load(env, pretrained_cfg_overlay=dict(url=url)), _logits(reference, _inputs()))
+    assert not hub.requests_to('/releases/')  # cached by torch.hub
+
+
+def test_corrupted_hub_file_is_a_clear_error_and_is_not_cached(hub, env, hub_model, tmp_path):
+    good = hub.repos[REPO]['model.safetensors']
+    hub.repos[REPO]['model.safetensors'] = good[:len(good) // 2]  # complete download of a broken file
+    result = _load(env)
+    assert result['error'] == 'InvalidCheckpointError'
+    assert f'The weights downloaded from the Hugging Face Hub ({REPO}) are not a usable checkpoint' in result['message']
+    assert 'removed from the cache' in result['message']
+    cached = list((tmp_path / 'hf').rglob('model.safetensors')) + list((tmp_path / 'hf' / 'hub').rglob('blobs/*'))
+    assert cached == []
+
+    hub.repos[REPO]['model.safetensors'] = good
+    _assert_logits(_load(env), _logits(hub_model, _inputs()))  # downloaded again, not the broken copy
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'not_a_checkpoint'])
+def test_broken_release_file_is_a_clear_error_and_is_not_cached(hub, env, release, tmp_path, damage):
+    url, _ = release
+    name = '71.7_T2T_ViT_7.pth.tar'
+    good = hub.releases[name]
+    hub.releases[name] = good[:len(good) // 3] if damage == 'truncated' else torch_save_bytes({'acc': 98.3})
+    result = _load(env, pretrained_cfg_overlay=dict(url=url))
+    assert result['error'] == 'InvalidCheckpointError'
+    assert f'The weights downloaded from {url} are not a usable checkpoint' in result['message']
+    assert not list((tmp_path / 'torch').rglob(name))
+
+
+def test_pretrained_adapts_classes_size_and_channels(env, hub_model):
+    result = _load(env, in_chans=1, size=160, model_in_chans=1, num_classes=5, img_size=160)
+    assert 'error' not in result, result
+    assert len(result['logits']) == 5  # head reset for 5 classes
+    assert result['pos_tokens'] == 1 + 10 * 10  # 14 x 14 grid resampled to 10 x 10
+
+
+def _convert_cli(*args):
+    return subprocess.run(
+        [sys.executable, '-m', 'timm_t2t', 'convert', *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def release_file(release, hub, tmp_path):
+    path = tmp_path / '71.7_T2T_ViT_7.pth.tar'
+    path.write_bytes(hub.releases['71.7_T2T_ViT_7.pth.tar'])
+    return path
+
+
+def test_convert_round_trip_through_the_hub(hub, env, release, release_file, tmp_path):
+    _, reference = release
+    out = tmp_path / 'converted'
+    tiny_args = [f'{k}={v}' for k, v in TINY.items()]
+    done = _convert_cli(release_file, out, '--model', 't2t_vit_7', '--model-kwargs', *tiny_args)
+    assert done.returncode == 0, done.stderr
+    assert 'converted weights reproduce the source logits' in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == 't2t_vit_7' and config['model_args']['embed_dim'] == 32
+    card = (out / 'README.md').read_text()
+    assert 'license: bsd-3-clause-clear' in card and '@inproceedings{yuan2021tokens' in card
+
+    hub.add_folder('someone/t2t-tiny', out)
+    _assert_logits(_load(env, name='hf-hub:someone/t2t-tiny'), _logits(reference, _inputs()))
+
+
+def test_convert_cli_error_is_one_line_on_the_terminal(tmp_path):
+    done = _convert_cli(tmp_path / 'missing.pth', tmp_path / 'out', '--model', 't2t_vit_7')
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [f'timm-t2t convert: error: No checkpoint file at {tmp_path}/missing.pth.']
+
+
+def test_convert_cli_errors_name_the_problem(release_file, tmp_path):
+    text_file = tmp_path / 'notes.txt'
+    text_file.write_text('not a checkpoint')
+    (tmp_path / 'full').mkdir()
+    (tmp_path / 'full' / 'x').write_text('x')
+    cases = [
+        ((release_file, tmp_path / 'o2', '--model', 't2t_vit_99'), "Unknown T2T-ViT variant 't2t_vit_99'"),
+        ((release_file, tmp_path / 'o3', '--model', 't2t_vit_7.in22k'), "Unknown pretrained tag 't2t_vit_7.in22k'"),
+        ((text_file, tmp_path / 'o4', '--model', 't2t_vit_7'), 'is not a T2T-ViT checkpoint'),
+        ((release_file, tmp_path / 'o5', '--model', 't2t_vit_14'), 'does not fit t2t_vit_14: 143 keys missing'),
+        ((release_file, tmp_path / 'full', '--model', 't2t_vit_7'), 'already exists and is not an empty directory'),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(['convert', *map(str, args)])
+        error = str(exit_info.value.code)
+        assert error.startswith('timm-t2t convert: error: ') and message in error and '\n' not in error, error
+
+
+def test_convert_help_explains_every_flag():
+    done = _convert_cli('--help')
+    assert done.returncode == 0
+    for flag in ('checkpoint', 'output_dir', '--model', '--model-kwargs', '--no-ema', '--push-to-hub', '--private',
+                 '--token'):
+        assert flag in done.stdout
