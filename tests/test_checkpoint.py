@@ -88,21 +88,31 @@ def test_own_state_dict_round_trips(small_model, make_small_model):
         torch.testing.assert_close(fresh(x), small_model(x), rtol=0, atol=0)
 
 
-def test_wrong_t2t_layer_kind_is_named():
+def test_wrong_t2t_layer_kind_is_named_in_one_line():
     case = load_parity_case(CASE)  # performer checkpoint
     model = T2TViT(**dict(case.model_kwargs, t2t_layer='transformer'))
     with pytest.raises(RuntimeError) as error:
         model.load_state_dict(case.checkpoint['state_dict'])
     message = str(error.value)
-    assert 'The checkpoint has performer T2T layers, the model has transformer T2T layers.' in message
-    assert 'tokens_to_token.attention1.attn.random_features' in message  # the keys that do not fit, by name
+    assert message.startswith('The checkpoint does not fit this T2TViT: the checkpoint has performer T2T layers, '
+                              'the model has transformer T2T layers; ')
+    assert 'keys unexpected: tokens_to_token.attention1.attn.random_features, ' in message
+    assert '\n' not in message
 
 
-def test_mismatched_width_names_the_keys():
+@pytest.mark.parametrize('loader', ['load_checkpoint', 'pretrained'])
+def test_mismatched_width_names_the_keys(loader):
     case = load_parity_case(CASE)
-    model = T2TViT(**dict(case.model_kwargs, embed_dim=96, num_heads=2))
-    with pytest.raises(RuntimeError, match=r'size mismatch for blocks\.0\.attn\.qkv\.weight'):
-        timm.models.load_checkpoint(model, str(case.checkpoint_path))
+    kwargs = dict(case.model_kwargs, embed_dim=96, num_heads=2)
+    if loader == 'load_checkpoint':
+        model = timm.create_model('t2t_vit_7', **kwargs)
+        with pytest.raises(RuntimeError) as error:
+            timm.models.load_checkpoint(model, str(case.checkpoint_path))
+    else:
+        overlay = dict(file=str(case.checkpoint_path), num_classes=10, input_size=case.input_size)
+        with pytest.raises(RuntimeError) as error:
+            timm.create_model('t2t_vit_7', pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    assert 'keys of another shape (checkpoint vs model): cls_token (1, 1, 64) vs (1, 1, 96), pos_embed' in str(error.value)
 
 
 def test_other_class_count_resets_head_with_pretrained():

@@ -17,7 +17,14 @@ from huggingface_hub import HfApi
 from timm.models import load_state_dict, save_for_hf
 from timm.models._hub import generate_readme
 
-from .t2t_vit import DEFAULT_SOFT_SPLITS, T2TViT, check_t2t_checkpoint, checkpoint_filter_fn, normalize_state_dict
+from .t2t_vit import (
+    DEFAULT_SOFT_SPLITS,
+    T2TViT,
+    check_t2t_checkpoint,
+    checkpoint_filter_fn,
+    describe_mismatch,
+    normalize_state_dict,
+)
 
 __all__ = ['ConversionError', 'convert_checkpoint', 'model_card', 'push_folder']
 
@@ -147,21 +154,6 @@ def _source_model_args(state_dict: Dict[str, torch.Tensor], model_kwargs: Dict[s
     return args
 
 
-def _fit_problems(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]) -> str:
-    """A one-line summary of the keys and shapes by which a state dict does not fit a model ('' if it fits)."""
-    own = model.state_dict()
-    groups = (
-        ('missing', [k for k in own if k not in state_dict]),
-        ('unexpected', [k for k in state_dict if k not in own]),
-        ('of another shape (checkpoint vs model)', [
-            f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}'
-            for k, v in state_dict.items() if k in own and v.shape != own[k].shape]),
-    )
-    return '; '.join(
-        f'{len(keys)} keys {label}: {", ".join(keys[:3])}{", ..." if len(keys) > 3 else ""}'
-        for label, keys in groups if keys)
-
-
 def _logits(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(inputs)
@@ -205,7 +197,7 @@ def convert_checkpoint(
     except (RuntimeError, ValueError, TypeError) as e:
         raise ConversionError(f'Cannot build {model_name} with {kwargs}: {e}') from e
     state_dict = checkpoint_filter_fn(state_dict, model)
-    problems = _fit_problems(model, state_dict)
+    problems = describe_mismatch(model, state_dict)
     if problems:
         raise ConversionError(f'{source} does not fit {model_name}: {problems}.')
     model.load_state_dict(state_dict)

@@ -62,7 +62,10 @@ def _download_url_file(url: str, cache_dir: Optional[PathLike]) -> str:
     path = directory / os.path.basename(urllib.parse.urlparse(url).path)
     if not path.is_file():
         directory.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(path), progress=False)  # into a temp file, moved when complete
+        try:
+            torch.hub.download_url_to_file(url, str(path), progress=False)  # into a temp file, moved when complete
+        except OSError as e:
+            raise OSError(f'Could not download {url} ({e}).') from e
     return str(path)
 
 

@@ -13,7 +13,7 @@ they are and give its logits; `checkpoint_filter_fn` maps their keys.
 import logging
 import math
 import re
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -530,6 +530,15 @@ class T2TViT(nn.Module):
         with torch.no_grad():
             self.pos_embed.copy_(sinusoid_pos_embed(self.pos_embed.shape[1], self.embed_dim))
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load weights in this model's format or the reference's (prefixes, key names and the positional
+        table's size are converted). With `strict`, weights that do not fit raise one RuntimeError naming them."""
+        if strict:
+            mismatch = describe_mismatch(self, _prepare_state_dict(dict(state_dict), self, root=True))
+            if mismatch:
+                raise RuntimeError(f'The checkpoint does not fit this {type(self).__name__}: {mismatch}.')
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         return {'cls_token'}
@@ -844,12 +853,38 @@ def check_t2t_checkpoint(checkpoint: Dict[str, Any]) -> None:
         raise ValueError(f'it holds no T2T-ViT weights (keys: {", ".join(sorted(state_dict)[:4])}, ...)')
 
 
-def _checkpoint_t2t_layer(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
+def _t2t_layer_kind(state_dict: Mapping[str, Any]) -> Optional[str]:
     if 'tokens_to_token.attention1.attn.random_features' in state_dict:
         return 'performer'
     if 'tokens_to_token.attention1.attn.qkv.weight' in state_dict:
         return 'transformer'
     return None
+
+
+def describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
+    """One line naming the keys by which a state dict (in this model's format) does not fit `model`; '' if it fits."""
+    own = model.state_dict()
+    problems = []
+    source_kind, model_kind = _t2t_layer_kind(state_dict), _t2t_layer_kind(own)
+    if source_kind and model_kind and source_kind != model_kind:
+        problems.append(f'the checkpoint has {source_kind} T2T layers, the model has {model_kind} T2T layers')
+    groups = (
+        ('missing', [k for k in own if k not in state_dict]),
+        ('unexpected', [k for k in state_dict if k not in own]),
+        ('of another shape (checkpoint vs model)', [
+            f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}'
+            for k, v in state_dict.items() if k in own and v.shape != own[k].shape]),
+    )
+    problems += [
+        f'{len(keys)} keys {label}: {", ".join(keys[:3])}{", ..." if len(keys) > 3 else ""}'
+        for label, keys in groups if keys]
+    return '; '.join(problems)
+
+
+def _prepare_state_dict(state_dict: Dict[str, Any], model: T2TViT, root: bool) -> Dict[str, torch.Tensor]:
+    if root:
+        state_dict = clean_state_dict(state_dict)
+    return _resample_pos_embed(remap_reference_keys(state_dict), model)
 
 
 def _load_state_dict_pre_hook(
@@ -862,16 +897,9 @@ def _load_state_dict_pre_hook(
         unexpected_keys: List[str],
         error_msgs: List[str],
 ) -> None:
-    """Let `load_state_dict` take reference state dicts too: prefixes, key names, positional table size."""
+    """Let `load_state_dict` take reference state dicts too, at any depth: prefixes, key names, table size."""
     own = {k[len(prefix):]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
-    if not prefix:
-        own = clean_state_dict(own)
-    own = _resample_pos_embed(remap_reference_keys(own), module)
-    source_kind = _checkpoint_t2t_layer(own)
-    model_kind = 'performer' if isinstance(module.tokens_to_token.attention1.attn, PerformerAttention) else 'transformer'
-    if strict and source_kind is not None and source_kind != model_kind:
-        error_msgs.append(f'The checkpoint has {source_kind} T2T layers, the model has {model_kind} T2T layers.')
-    state_dict.update({prefix + k: v for k, v in own.items()})
+    state_dict.update({prefix + k: v for k, v in _prepare_state_dict(own, module, root=not prefix).items()})
 
 
 # ---------------------------------------------------------------------------------------------------------------
