@@ -64,15 +64,9 @@ NUM_T2T_LAYERS = 2
 # T2T layers
 # ---------------------------------------------------------------------------------------------------------------
 
-def _softmax_kernel_features(x: torch.Tensor, random_features: torch.Tensor, shift_dims: List[int]) -> torch.Tensor:
-    """Positive random features exp(x w^T - |x|^2 / 2) of the softmax kernel (B, L, m).
-
-    The exponent is shifted by its maximum over `shift_dims` before `exp`, so nothing overflows. The shift is a
-    per-token (queries) or per-sample (keys) constant factor, which cancels in the attention ratio.
-    """
-    z = x @ random_features.t() - 0.5 * (x * x).sum(dim=-1, keepdim=True)
-    z = z - z.amax(dim=shift_dims, keepdim=True).detach()
-    return torch.exp(z)
+def _softmax_kernel_exponents(x: torch.Tensor, random_features: torch.Tensor) -> torch.Tensor:
+    """Exponents x w^T - |x|^2 / 2 (B, L, m) of the positive random features of the softmax kernel."""
+    return x @ random_features.t() - 0.5 * (x * x).sum(dim=-1, keepdim=True)
 
 
 def _performer_attention_fp32(
@@ -84,8 +78,14 @@ def _performer_attention_fp32(
 ) -> torch.Tensor:
     dtype = v.dtype
     q, k, v, random_features = q.float(), k.float(), v.float(), random_features.float()
-    q_features = _softmax_kernel_features(q, random_features, [-1])  # (B, L, m)
-    k_features = _softmax_kernel_features(k, random_features, [-2, -1])  # (B, L, m)
+    # exp(zq_i + zk_j) is computed as exp(zq_i + c - s_i) * exp(zk_j - c): c, the keys' maximum per feature, and
+    # s_i, each query's maximum, cancel in the ratio below. Every factor is at most 1 and each query's largest
+    # term is 1, so nothing overflows, the normalizer is at least 1, and only negligible terms can underflow.
+    k_exponents = _softmax_kernel_exponents(k, random_features)  # (B, L, m)
+    key_max = k_exponents.amax(dim=-2, keepdim=True).detach()  # (B, 1, m)
+    k_features = torch.exp(k_exponents - key_max)
+    q_exponents = _softmax_kernel_exponents(q, random_features) + key_max
+    q_features = torch.exp(q_exponents - q_exponents.amax(dim=-1, keepdim=True).detach())
     kv = k_features.transpose(-2, -1) @ v  # (B, m, D)
     normalizer = q_features @ k_features.sum(dim=-2).unsqueeze(-1)  # (B, L, 1)
     out = (q_features @ kv) / (normalizer + eps)
