@@ -51,15 +51,26 @@ def test_registry_metadata():
     code = 'import json, timm\n' \
            'print(json.dumps(dict(pretrained=timm.list_pretrained("t2t_vit*"),\n' \
            '    module=sorted(timm.list_models(module="t2t_vit")),\n' \
-           '    cfg=timm.models.get_pretrained_cfg("t2t_vit_14.in1k_384").to_dict())))'
+           '    cfg=timm.models.get_pretrained_cfg("t2t_vit_14.in1k_384").to_dict(),\n' \
+           '    cifar=timm.models.get_pretrained_cfg("t2t_vit_19.in1k_ft_cifar100").to_dict())))'
     result = _run(code)
     assert result['module'] == EXPECTED
     assert sorted(result['pretrained']) == sorted([
         't2t_vit_7.in1k', 't2t_vit_10.in1k', 't2t_vit_12.in1k', 't2t_vit_14.in1k', 't2t_vit_14.in1k_384',
-        't2t_vit_19.in1k', 't2t_vit_24.in1k', 't2t_vit_24.tl_in1k',
+        't2t_vit_14.in1k_ft_cifar10', 't2t_vit_14.in1k_ft_cifar100', 't2t_vit_19.in1k', 't2t_vit_19.in1k_ft_cifar10',
+        't2t_vit_19.in1k_ft_cifar100', 't2t_vit_24.in1k', 't2t_vit_24.tl_in1k',
         't2t_vit_t_14.in1k', 't2t_vit_t_19.in1k', 't2t_vit_t_24.in1k',
     ])
     cfg = result['cfg']
     assert cfg['input_size'] == [3, 384, 384] and cfg['crop_pct'] == 0.9 and cfg['interpolation'] == 'bicubic'
-    assert cfg['url'].endswith('/83.3_T2T_ViT_14.pth.tar')
+    assert cfg['url'] == 'https://github.com/yitu-opensource/T2T-ViT/releases/download/main/83.3_T2T_ViT_14.pth.tar'
+    assert cfg['hf_hub_id'] == 'timm-t2t/t2t_vit_14.in1k_384'
     assert cfg['paper_ids'] == 'arXiv:2101.11986' and cfg['first_conv'] == 'tokens_to_token.attention1.attn.qkv'
+    cifar = result['cifar']
+    assert cifar['num_classes'] == 100 and cifar['url'].endswith('/cifar100_t2t-vit-19_89.0.pth')
+    assert cifar['mean'] == [0.4914, 0.4822, 0.4465] and cifar['crop_pct'] == 1.0
+
+
+def test_hub_organisation_is_a_setting():
+    code = 'import json, timm; print(json.dumps(timm.models.get_pretrained_cfg("t2t_vit_t_24.in1k").hf_hub_id))'
+    assert _run(code, TIMM_T2T_HUB_ORG='my-org') == 'my-org/t2t_vit_t_24.in1k'
