@@ -262,7 +262,11 @@ class TokenLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 class SoftSplit(nn.Module):
-    """Soft split: an overlapping unfold of an image (B, C, H, W) into tokens (B, L, C * k * k)."""
+    """Soft split: an overlapping unfold of an image (B, C, H, W) into tokens (B, L, C * k * k).
+
+    Tokens are (row, column) patches flattened channel-major, as `F.unfold` orders them. They are gathered
+    straight into token-major layout: one copy, where unfold followed by a transpose to tokens needs two.
+    """
 
     def __init__(self, kernel_size: int, stride: int, padding: int) -> None:
         super().__init__()
@@ -276,7 +280,11 @@ class SoftSplit(nn.Module):
         return (height + extent) // self.stride + 1, (width + extent) // self.stride + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride).transpose(1, 2)
+        B, C = x.shape[0], x.shape[1]
+        if self.padding:
+            x = F.pad(x, [self.padding] * 4)
+        patches = x.unfold(2, self.kernel_size, self.stride).unfold(3, self.kernel_size, self.stride)
+        return patches.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C * self.kernel_size * self.kernel_size)
 
     def extra_repr(self) -> str:
         return f'kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}'
