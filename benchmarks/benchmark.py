@@ -94,9 +94,18 @@ def peak_memory_bytes(step: Callable[[], None], device: torch.device) -> int:
 
 
 def flops_per_image(model: torch.nn.Module, img_size: int, device: torch.device) -> float:
+    """FLOPs of one forward pass, counted on the eager attention path: FlopCounterMode has no formula for every
+    fused attention kernel (the CPU flash kernel among them), and the math is the same."""
+    fused = [m for m in model.modules() if getattr(m, 'fused_attn', False)]
+    for m in fused:
+        m.fused_attn = False
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.randn(1, 3, img_size, img_size, device=device))
+    try:
+        with counter, torch.no_grad():
+            model(torch.randn(1, 3, img_size, img_size, device=device))
+    finally:
+        for m in fused:
+            m.fused_attn = True
     return counter.get_total_flops()
 
 

@@ -1,11 +1,15 @@
-"""A loopback HTTP server that answers file downloads the way the Hugging Face Hub and release pages do.
+"""A loopback HTTP server that answers file downloads and uploads the way the Hugging Face Hub does.
 
 `/{org}/{repo}/resolve/{revision}/{filename}` serves Hub repo files, with the headers huggingface_hub reads
 (X-Repo-Commit, ETag, Content-Length) and the Hub's error codes for missing repos and files.
-`/releases/{filename}` serves plain downloads, like GitHub release assets. Every request is recorded.
+`/releases/{filename}` serves plain downloads, like GitHub release assets. `POST /api/repos/create`,
+`/api/validate-yaml`, `/api/models/{repo}/preupload/{revision}` and `/api/models/{repo}/commit/{revision}` take what
+`HfApi.create_repo` and `HfApi.upload_folder` send (every file as a regular, non-LFS upload). Every request is recorded.
 """
+import base64
 import hashlib
 import http.server
+import json
 import threading
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -55,6 +59,32 @@ class LoopbackHub:
             return 200, {'X-Repo-Commit': commit, 'ETag': f'"{hashlib.sha256(content).hexdigest()}"'}, content
         return 404, {}, b'Not Found'
 
+    def _post(self, path: str, body: bytes) -> Tuple[int, dict]:
+        parts = path.strip('/').split('/')
+        if parts == ['api', 'validate-yaml']:  # the model card's metadata, checked before an upload
+            return 200, {'errors': [], 'warnings': []}
+        if parts == ['api', 'repos', 'create']:
+            request = json.loads(body)
+            repo_id = f'{request["organization"]}/{request["name"]}'
+            self.repos.setdefault(repo_id, {})
+            return 200, {'url': f'{self.url}/{repo_id}'}
+        if len(parts) == 6 and parts[:2] == ['api', 'models'] and parts[4] in ('preupload', 'commit'):
+            repo_id = '/'.join(parts[2:4])
+            if repo_id not in self.repos:
+                return 404, {'error': 'Repository not found'}
+            if parts[4] == 'preupload':
+                files = json.loads(body)['files']
+                return 200, {'files': [{'path': f['path'], 'uploadMode': 'regular', 'shouldIgnore': False}
+                                       for f in files]}
+            for line in body.splitlines():
+                item = json.loads(line)
+                if item['key'] == 'file':
+                    self.repos[repo_id][item['value']['path']] = base64.b64decode(item['value']['content'])
+            commit = hashlib.sha1(body).hexdigest()
+            return 200, {'commitUrl': f'{self.url}/{repo_id}/commit/{commit}', 'commitOid': commit,
+                         'pullRequestUrl': None}
+        return 404, {'error': 'Not Found'}
+
     def _handler(self):
         hub = self
 
@@ -76,6 +106,17 @@ class LoopbackHub:
 
             def do_GET(self) -> None:
                 self._respond(with_body=True)
+
+            def do_POST(self) -> None:
+                hub.requests.append((self.command, self.path))
+                body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+                status, reply = hub._post(self.path.split('?')[0], body)
+                payload = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def log_message(self, *args) -> None:
                 pass

@@ -2,6 +2,7 @@
 download code, against a loopback server (HF_ENDPOINT), in fresh interpreters. No mocks."""
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,12 @@ import pytest
 import timm
 import torch
 from timm.models import save_for_hf
+from timm.models._hub import generate_readme
 
 from benchmarks.reference_t2t import ReferenceT2TViT
 from fresh_python import run_python
 from timm_t2t.cli import main as cli_main
+from timm_t2t.convert import model_card
 from loopback_hub import LoopbackHub
 
 TINY = dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=1., token_dim=8)  # t2t_vit_7 made small
@@ -166,9 +169,10 @@ def test_pretrained_adapts_classes_size_and_channels(env, hub_model):
     assert result['pos_tokens'] == 1 + 10 * 10  # 14 x 14 grid resampled to 10 x 10
 
 
-def _convert_cli(*args):
+def _convert_cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, '-m', 'timm_t2t', 'convert', *map(str, args)], capture_output=True, text=True, timeout=300)
+        [sys.executable, '-m', 'timm_t2t', 'convert', *map(str, args)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture
@@ -178,20 +182,23 @@ def release_file(release, hub, tmp_path):
     return path
 
 
-def test_convert_round_trip_through_the_hub(hub, env, release, release_file, tmp_path):
+def test_convert_push_to_hub_round_trip(hub, env, release, release_file, tmp_path):
     _, reference = release
     out = tmp_path / 'converted'
     tiny_args = [f'{k}={v}' for k, v in TINY.items()]
-    done = _convert_cli(release_file, out, '--model', 't2t_vit_7', '--model-kwargs', *tiny_args)
+    done = _convert_cli(release_file, out, '--model', 't2t_vit_7', '--model-kwargs', *tiny_args,
+                        '--push-to-hub', 'someone/t2t-tiny', '--token', 'hf_test', env=env)
     assert done.returncode == 0, done.stderr
     assert 'converted weights reproduce the source logits' in done.stdout
+    assert f'Pushed to {hub.url}/someone/t2t-tiny/commit/' in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert hub.repos['someone/t2t-tiny'] == {p.name: p.read_bytes() for p in out.iterdir()}  # what was uploaded
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 't2t_vit_7' and config['model_args']['embed_dim'] == 32
     card = (out / 'README.md').read_text()
+    assert "timm.create_model('hf-hub:someone/t2t-tiny', pretrained=True)" in card
     assert 'license: bsd-3-clause-clear' in card and '@inproceedings{yuan2021tokens' in card
 
-    hub.add_folder('someone/t2t-tiny', out)
     _assert_logits(_load(env, name='hf-hub:someone/t2t-tiny'), _logits(reference, _inputs()))
 
 
@@ -226,3 +233,15 @@ def test_convert_help_explains_every_flag():
     for flag in ('checkpoint', 'output_dir', '--model', '--model-kwargs', '--no-ema', '--push-to-hub', '--private',
                  '--token'):
         assert flag in done.stdout
+
+
+def test_model_card_of_a_released_configuration():
+    model = timm.create_model('t2t_vit_14.in1k_ft_cifar100')
+    card = model_card(model, 'my-org/t2t_vit_14.in1k_ft_cifar100')
+    stats = card['details']['Model Stats']
+    assert stats['Params (M), paper'] == 21.5 and stats['GMACs at 224 x 224, paper'] == 4.8
+    assert stats['Top-1 accuracy (%), paper'] == 88.4 and stats['Params (M)'] == 21.1  # a 100-class head
+    assert card['details']['Dataset'] == 'CIFAR-100'
+    assert "timm.create_model('hf-hub:my-org/t2t_vit_14.in1k_ft_cifar100', pretrained=True)" in card['usage']
+    readme = generate_readme(card, 'my-org/t2t_vit_14.in1k_ft_cifar100')
+    assert 'datasets:\n- cifar-100' in readme and 'license: bsd-3-clause-clear' in readme

@@ -111,15 +111,16 @@ def test_grad_checkpointing_recomputes_and_gives_identical_gradients(small_model
     small_model.train()
     x = torch.randn(2, 3, 64, 64)
     calls = []
-    small_model.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    for layer in (small_model.tokens_to_token.attention1.attn, small_model.blocks[0]):
+        layer.register_forward_pre_hook(lambda *_: calls.append(1))
 
     torch.manual_seed(1)  # the Performer layers' fixed dropout draws the same masks in both runs
     reference = _grads(small_model, x)
-    assert len(calls) == 1
+    assert len(calls) == 2
     small_model.set_grad_checkpointing(True)
     torch.manual_seed(1)
     checkpointed = _grads(small_model, x)
-    assert len(calls) == 3  # forward, then recomputed in backward
+    assert len(calls) == 6  # a T2T layer and a block: forward, then recomputed in backward
     for name, grad in reference.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=0, msg=name)
 
@@ -189,3 +190,33 @@ def test_layer_decay_groups_follow_depth(small_model):
     scales = sorted({g['lr_scale'] for g in groups})
     assert len(scales) == SMALL['depth'] + 2  # stem (T2T module, class token), each block, final norm + head
     assert small_model.no_weight_decay() == {'cls_token'}
+
+
+def test_constructor_knobs_reach_the_layers(make_small_model):
+    model = make_small_model(
+        drop_rate=0.25, pos_drop_rate=0.1, proj_drop_rate=0.2, attn_drop_rate=0.3, drop_path_rate=0.4,
+        qkv_bias=True, token_dim=8, norm_layer='layernorm', act_layer='gelu_tanh')
+    block = model.blocks[-1]
+    assert model.head_drop.p == 0.25 and model.pos_drop.p == 0.1
+    assert block.attn.proj_drop.p == 0.2 and block.attn.attn_drop.p == 0.3
+    assert block.drop_path1.drop_prob == pytest.approx(0.4)  # stochastic depth rises to drop_path_rate
+    assert block.attn.qkv.bias is not None
+    assert model.tokens_to_token.project.in_features == 8 * 9
+    assert block.norm1.eps == 1e-6  # timm's 'layernorm'; the default nn.LayerNorm has the reference's 1e-5
+    assert isinstance(block.mlp.act, timm.layers.GELUTanh)
+    assert isinstance(model.tokens_to_token.attention1.mlp.act, timm.layers.GELUTanh)
+
+
+def test_fused_attention_follows_timms_switch(t2t_layer):
+    timm.layers.set_fused_attn(False)
+    try:
+        eager = T2TViT(**{**SMALL, 't2t_layer': t2t_layer})
+    finally:
+        timm.layers.set_fused_attn(True)
+    fused = T2TViT(**{**SMALL, 't2t_layer': t2t_layer})
+    flags = lambda m: {type(a).__name__: a.fused_attn for a in m.modules() if hasattr(a, 'fused_attn')}
+    assert set(flags(eager).values()) == {False} and set(flags(fused).values()) == {True}
+    fused.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(x), eager.eval()(x), rtol=0, atol=1e-5)

@@ -251,10 +251,16 @@ class TokenLayer(nn.Module):
             raise ValueError(f'Unknown T2T layer {kind!r}, expected one of {T2T_LAYERS}.')
         self.norm2 = norm_layer(dim_out, **dd)
         self.mlp = Mlp(dim_out, hidden_features=dim_out, act_layer=act_layer, drop=(0., mlp_drop), **dd)
+        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(self._forward, x)  # recomputed in backward; dropout masks replayed
+        return self._forward(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -560,7 +566,11 @@ class T2TViT(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the T2T layers and the blocks in backward instead of keeping their activations."""
         self.grad_checkpointing = enable
+        for layer in (self.tokens_to_token.attention1, self.tokens_to_token.attention2):
+            if layer is not None:
+                layer.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
