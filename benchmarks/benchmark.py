@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -165,85 +165,80 @@ def make_step(model: torch.nn.Module, task: str, batch_size: int, img_size: int,
 
 @dataclasses.dataclass
 class Config:
+    """Models and implementations timed against each other, interleaved, on the same input size and batch."""
     task: str
-    model: str  # the T2T-ViT or DeiT model name
-    implementations: List[str]
     img_size: int
     batch_size: int
+    entries: List[Tuple[str, str]]  # (model name, implementation)
     memory: bool = True
 
 
 def run_config(config: Config, device: torch.device, precision: str, warmup: int, rounds: int, peak: float,
                flops_cache: Dict) -> List[Row]:
-    """Time one configuration's implementations against each other; one row per implementation."""
+    """Time one configuration's entries against each other; one row per entry."""
     steps, models = {}, {}
-    for impl in config.implementations:
+    for entry in config.entries:
+        model_name, impl = entry
         try:
-            model = build(impl, config.model, config.img_size, device)
+            model = build(impl, model_name, config.img_size, device)
             step = make_step(model, config.task, config.batch_size, config.img_size, device, precision)
             step()  # compiles, and finds out whether it fits
         except torch.cuda.OutOfMemoryError:
-            _logger.info(f'{config.task} {config.model} {impl} {config.img_size} b{config.batch_size}: out of memory')
+            _logger.info(f'{config.task} {model_name} {impl} {config.img_size} b{config.batch_size}: out of memory')
             torch.cuda.empty_cache()
             continue
-        models[impl], steps[impl] = model, step
+        models[entry], steps[entry] = model, step
     seconds = time_interleaved(steps, device, warmup, rounds)
     rows = []
-    for impl, step in steps.items():
-        key = (config.model, impl == REFERENCE, config.img_size)
+    for (model_name, impl), step in steps.items():
+        key = (model_name, impl == REFERENCE, config.img_size)
         if key not in flops_cache:
-            eager = models[impl]._orig_mod if impl == COMPILED else models[impl]
-            flops_cache[key] = flops_per_image(eager.eval(), config.img_size, device)
+            model = models[(model_name, impl)]
+            flops_cache[key] = flops_per_image(getattr(model, '_orig_mod', model).eval(), config.img_size, device)
         flops = flops_cache[key] * (3 if config.task == 'train' else 1)  # backward ~ 2x forward
-        img_per_s = config.batch_size / seconds[impl]
+        img_per_s = config.batch_size / seconds[(model_name, impl)]
         rows.append(Row(
-            device=device.type, precision=precision, task=config.task, model=config.model, implementation=impl,
+            device=device.type, precision=precision, task=config.task, model=model_name, implementation=impl,
             img_size=config.img_size, batch_size=config.batch_size, img_per_s=img_per_s,
-            step_ms=seconds[impl] * 1e3,
+            step_ms=seconds[(model_name, impl)] * 1e3,
             peak_mem_mb=peak_memory_bytes(step, device) / 2 ** 20 if config.memory else None,
             gflops_per_img=flops / 1e9, peak_fraction=flops * img_per_s / peak,
         ))
-        _logger.info(f'{config.task} {config.model} {impl} {config.img_size} b{config.batch_size}: '
+        _logger.info(f'{config.task} {model_name} {impl} {config.img_size} b{config.batch_size}: '
                      f'{img_per_s:.1f} img/s')
     return rows
 
 
+def _versus_reference(*models: str) -> List[Tuple[str, str]]:
+    return [(m, impl) for m in models for impl in (EAGER, REFERENCE)]
+
+
 def cpu_configs(quick: bool) -> List[Config]:
-    both, small_batch = [EAGER, REFERENCE], 4
+    deit_s, deit_t = 'deit_small_patch16_224', 'deit_tiny_patch16_224'
     configs = [
-        Config('infer', 't2t_vit_14', [EAGER, COMPILED, REFERENCE], 224, 8),
-        Config('infer', 'deit_small_patch16_224', [EAGER, COMPILED], 224, 8),
-        Config('infer', 't2t_vit_7', both, 224, 8),
-        Config('infer', 'deit_tiny_patch16_224', [EAGER], 224, 8),
-        Config('infer', 't2t_vit_t_14', both, 224, 8),
-        Config('train', 't2t_vit_14', both, 224, 8),
-        Config('train', 't2t_vit_t_14', both, 224, 8),
-        Config('train', 'deit_small_patch16_224', [EAGER], 224, 8),
-        Config('infer', 't2t_vit_t_14', both, 384, small_batch),
-        Config('infer', 't2t_vit_14', both, 384, small_batch),
-        Config('infer', 'deit_small_patch16_224', [EAGER], 384, small_batch),
+        Config('infer', 224, 8, _versus_reference('t2t_vit_14') + [('t2t_vit_14', COMPILED), (deit_s, EAGER),
+                                                                    (deit_s, COMPILED)]),
+        Config('infer', 224, 8, _versus_reference('t2t_vit_7') + [(deit_t, EAGER)]),
+        Config('infer', 224, 8, _versus_reference('t2t_vit_t_14')),
+        Config('train', 224, 8, _versus_reference('t2t_vit_14', 't2t_vit_t_14') + [(deit_s, EAGER)]),
+        Config('infer', 384, 4, _versus_reference('t2t_vit_t_14', 't2t_vit_14') + [(deit_s, EAGER)]),
     ]
-    sweep = [] if quick else [
-        Config('infer', model, impls, size, small_batch, memory=False)
-        for size in (160, 288, 448)
-        for model, impls in (('t2t_vit_14', both), ('t2t_vit_t_14', both), ('deit_small_patch16_224', [EAGER]))
+    sweep = [
+        Config('infer', size, 4, _versus_reference('t2t_vit_14', 't2t_vit_t_14') + [(deit_s, EAGER)], memory=False)
+        for size in ((160,) if quick else (160, 288, 448))
     ]
     return configs + sweep
 
 
 def cuda_configs(quick: bool) -> List[Config]:
-    both = [EAGER, COMPILED, REFERENCE]
     sizes = (224, 384) if quick else (224, 384, 512, 768)
-    configs = []
-    for size in sizes:
-        batch = 64 if size <= 384 else 16
-        for task in ('infer', 'train'):
-            configs += [
-                Config(task, 't2t_vit_14', both, size, batch),
-                Config(task, 't2t_vit_t_14', both, size, batch),
-                Config(task, 'deit_small_patch16_224', [EAGER, COMPILED], size, batch),
-            ]
-    return configs
+    entries = _versus_reference('t2t_vit_14', 't2t_vit_t_14') + [
+        ('t2t_vit_14', COMPILED), ('t2t_vit_t_14', COMPILED),
+        ('deit_small_patch16_224', EAGER), ('deit_small_patch16_224', COMPILED)]
+    return [
+        Config(task, size, 64 if size <= 384 else 16, entries)
+        for size in sizes for task in ('infer', 'train')
+    ]
 
 
 def output_agreement(device: torch.device) -> Dict[str, float]:
