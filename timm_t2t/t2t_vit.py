@@ -13,6 +13,7 @@ they are and give its logits; `checkpoint_filter_fn` maps their keys.
 import logging
 import math
 import re
+from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import torch
@@ -547,11 +548,14 @@ class T2TViT(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """Load weights in this model's format or the reference's (prefixes, key names and the positional
         table's size are converted). With `strict`, weights that do not fit raise one RuntimeError naming them."""
+        prepared = OrderedDict(_prepare_state_dict(dict(state_dict), self, root=True))
+        if hasattr(state_dict, '_metadata'):
+            prepared._metadata = state_dict._metadata
         if strict:
-            mismatch = describe_mismatch(self, _prepare_state_dict(dict(state_dict), self, root=True))
+            mismatch = describe_mismatch(self, prepared)
             if mismatch:
                 raise RuntimeError(f'The checkpoint does not fit this {type(self).__name__}: {mismatch}.')
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(prepared, strict=strict, assign=assign)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
