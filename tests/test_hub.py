@@ -13,10 +13,10 @@ import torch
 from timm.models import save_for_hf
 from timm.models._hub import generate_readme
 
-from benchmarks.reference_t2t import ReferenceT2TViT
+from benchmarks.reference_t2t import ReferenceT2TViT, reference_config
 from fresh_python import run_python
 from timm_t2t.cli import main as cli_main
-from timm_t2t.convert import model_card
+from timm_t2t.convert import convert_checkpoint, model_card
 from loopback_hub import LoopbackHub
 
 TINY = dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=1., token_dim=8)  # t2t_vit_7 made small
@@ -245,3 +245,17 @@ def test_model_card_of_a_released_configuration():
     assert "timm.create_model('hf-hub:my-org/t2t_vit_14.in1k_ft_cifar100', pretrained=True)" in card['usage']
     readme = generate_readme(card, 'my-org/t2t_vit_14.in1k_ft_cifar100')
     assert 'datasets:\n- cifar-100' in readme and 'license: bsd-3-clause-clear' in readme
+
+
+@pytest.mark.parametrize('img_size, quoted', [(224, True), (160, False)])
+def test_card_quotes_the_paper_only_for_a_released_configuration(tmp_path, img_size, quoted):
+    torch.manual_seed(0)
+    reference = ReferenceT2TViT(img_size=img_size, **reference_config('t2t_vit_7'))
+    path = tmp_path / 'checkpoint.pth.tar'
+    torch.save({'state_dict': {f'module.{k}': v for k, v in reference.state_dict().items()}}, path)
+    folder, diff = convert_checkpoint(path, tmp_path / 'out', 't2t_vit_7.in1k')
+    assert diff <= 1e-5
+    card = (folder / 'README.md').read_text()
+    assert f'Image size: {img_size} x {img_size}' in card
+    assert ('Top-1 accuracy (%), paper: 71.7' in card) == quoted
+    assert ('weights released with the reference implementation' in card) == quoted

@@ -130,6 +130,7 @@ def model_card(model: T2TViT, repo_id: Optional[str] = None, released: bool = Tr
 
 
 def _source_state_dict(source: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
+    """The checkpoint's state dict in this package's key format."""
     if not source.is_file():
         raise ConversionError(f'No checkpoint file at {source}.')
     try:
@@ -137,12 +138,11 @@ def _source_state_dict(source: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
         check_t2t_checkpoint(checkpoint)
     except Exception as e:
         raise ConversionError(f'{source} is not a T2T-ViT checkpoint: {e}') from e
-    return checkpoint
+    return normalize_state_dict(checkpoint)
 
 
 def _source_model_args(state_dict: Dict[str, torch.Tensor], model_kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Classes, channels and (square) input size of a checkpoint, read from its weights."""
-    state_dict = normalize_state_dict(state_dict)
+    """Classes, channels and (square) input size of a normalized state dict, read from its weights."""
     soft_splits = model_kwargs.get('soft_splits', DEFAULT_SOFT_SPLITS)
     args = {'in_chans': state_dict['tokens_to_token.attention1.attn.qkv.weight'].shape[1] // soft_splits[0][0] ** 2}
     if 'head.weight' in state_dict:
@@ -201,7 +201,9 @@ def convert_checkpoint(
     if problems:
         raise ConversionError(f'{source} does not fit {model_name}: {problems}.')
     model.load_state_dict(state_dict)
-    released = not model_kwargs and model.num_classes == model.pretrained_cfg['num_classes']
+    cfg = model.pretrained_cfg
+    released = not model_kwargs and (model.num_classes, model.in_chans, *model.img_size) == (
+        cfg['num_classes'], *cfg['input_size'])  # a released configuration: the paper's numbers describe it
 
     torch.manual_seed(0)
     inputs = torch.randn(2, model.in_chans, *model.img_size)
