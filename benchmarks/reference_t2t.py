@@ -10,11 +10,13 @@ Written from the reference's documented behaviour; it shares no code with the re
 against logits produced by running the reference itself (tests/fixtures).
 """
 import math
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ReferenceT2TViT', 'REFERENCE_VARIANTS', 'reference_config', 'strip_module_prefix']
+__all__ = ['ReferenceT2TViT', 'REFERENCE_VARIANTS', 'reference_config', 'strip_module_prefix', 'training_checkpoint']
 
 # The reference entry points: (token layer, embed_dim, depth, num_heads, mlp_ratio).
 REFERENCE_VARIANTS = {
@@ -215,3 +217,12 @@ class ReferenceT2TViT(nn.Module):
 def strip_module_prefix(state_dict: dict) -> dict:
     """Keys of a DataParallel / DistributedDataParallel checkpoint without their `module.` prefix."""
     return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+
+
+def training_checkpoint(state_dict: dict, ema_state_dict: Optional[dict] = None) -> dict:
+    """A checkpoint laid out as the reference's training saves one: `module.` keys, `state_dict` and, when given,
+    `state_dict_ema`."""
+    checkpoint = {'state_dict': {f'module.{k}': v.detach() for k, v in state_dict.items()}, 'epoch': 309}
+    if ema_state_dict is not None:
+        checkpoint['state_dict_ema'] = {f'module.{k}': v.detach() for k, v in ema_state_dict.items()}
+    return checkpoint

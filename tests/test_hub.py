@@ -13,7 +13,7 @@ import torch
 from timm.models import save_for_hf
 from timm.models._hub import generate_readme
 
-from benchmarks.reference_t2t import ReferenceT2TViT, reference_config
+from benchmarks.reference_t2t import ReferenceT2TViT, reference_config, training_checkpoint
 from fresh_python import run_python
 from timm_t2t.cli import main as cli_main
 from timm_t2t.convert import convert_checkpoint, model_card
@@ -103,10 +103,9 @@ def release(hub):
     """A small reference-format training checkpoint served as a release file; returns (url, expected EMA model)."""
     torch.manual_seed(2)
     reference = ReferenceT2TViT(tokens_type='performer', **TINY)
-    plain = {f'module.{k}': v for k, v in reference.state_dict().items()}
-    ema = {k: v + 0.01 * torch.randn_like(v) for k, v in plain.items()}
-    hub.releases['71.7_T2T_ViT_7.pth.tar'] = torch_save_bytes({'state_dict': plain, 'state_dict_ema': ema, 'epoch': 309})
-    reference.load_state_dict({k[len('module.'):]: v for k, v in ema.items()})
+    ema = {k: v + 0.01 * torch.randn_like(v) if v.requires_grad else v for k, v in reference.named_parameters()}
+    hub.releases['71.7_T2T_ViT_7.pth.tar'] = torch_save_bytes(training_checkpoint(reference.state_dict(), ema))
+    reference.load_state_dict(ema)
     return f'{hub.url}/releases/71.7_T2T_ViT_7.pth.tar', reference
 
 
@@ -252,7 +251,7 @@ def test_card_quotes_the_paper_only_for_a_released_configuration(tmp_path, img_s
     torch.manual_seed(0)
     reference = ReferenceT2TViT(img_size=img_size, **reference_config('t2t_vit_7'))
     path = tmp_path / 'checkpoint.pth.tar'
-    torch.save({'state_dict': {f'module.{k}': v for k, v in reference.state_dict().items()}}, path)
+    torch.save(training_checkpoint(reference.state_dict()), path)
     folder, diff = convert_checkpoint(path, tmp_path / 'out', 't2t_vit_7.in1k')
     assert diff <= 1e-5
     card = (folder / 'README.md').read_text()

@@ -3,7 +3,13 @@ import pytest
 import timm
 import torch
 
-from benchmarks.reference_t2t import REFERENCE_VARIANTS, ReferenceT2TViT, reference_config, strip_module_prefix
+from benchmarks.reference_t2t import (
+    REFERENCE_VARIANTS,
+    ReferenceT2TViT,
+    reference_config,
+    strip_module_prefix,
+    training_checkpoint,
+)
 from timm_t2t import T2TViT
 from timm_t2t.t2t_vit import sinusoid_pos_embed
 
@@ -86,11 +92,7 @@ def test_every_entry_point_matches_the_reference(variant, tmp_path):
     reference = ReferenceT2TViT(**reference_config(variant)).eval()
     ema = {k: v + 0.01 * torch.randn_like(v) if v.requires_grad else v for k, v in reference.named_parameters()}
     path = tmp_path / 'checkpoint.pth.tar'
-    torch.save({
-        'state_dict': {f'module.{k}': v for k, v in reference.state_dict().items()},
-        'state_dict_ema': {f'module.{k}': v.detach() for k, v in ema.items()},
-        'epoch': 309,
-    }, path)
+    torch.save(training_checkpoint(reference.state_dict(), ema), path)
     reference.load_state_dict(ema)
     inputs = torch.randn(1, 3, 224, 224)
 
