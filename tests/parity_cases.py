@@ -5,14 +5,27 @@ from typing import Any, Dict
 
 import torch
 
+from timm_t2t.blocks import DenseBlock, GhostAttention, GhostMlp, SqueezeExciteAttention
+
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
-PARITY_CASES = ('small_performer_64', 'small_transformer_64', 'small_performer_96_in1')
+MAIN_FAMILY_CASES = ('small_performer_64', 'small_transformer_64', 'small_performer_96_in1')
+ABLATION_CASES = ('small_se_64', 'small_dense_64', 'small_ghost_64')
+PARITY_CASES = MAIN_FAMILY_CASES + ABLATION_CASES
+
+# Each reference class, as this package builds it: an entry point, and the parts T2TViT takes for it.
+REFERENCE_CLASSES = {
+    'T2T_ViT': ('t2t_vit_7', {}),
+    'T2T_ViT_SE': ('t2t_vit_14_se', dict(attn_layer=SqueezeExciteAttention)),
+    'T2T_ViT_Dense': ('t2t_vit_dense', dict(block_fn=DenseBlock)),
+    'T2T_ViT_Ghost': ('t2t_vit_16_ghost', dict(attn_layer=GhostAttention, mlp_layer=GhostMlp)),
+}
 
 
 @dataclasses.dataclass
 class ParityCase:
     """Inputs, reference logits and a training checkpoint written by the reference implementation."""
     name: str
+    reference_class: str
     checkpoint_path: pathlib.Path
     checkpoint: Dict[str, Any]
     reference_config: Dict[str, Any]
@@ -20,11 +33,23 @@ class ParityCase:
     logits: Dict[str, torch.Tensor]  # keyed by the checkpoint entry they come from
 
     @property
-    def model_kwargs(self) -> Dict[str, Any]:
+    def entry_point(self) -> str:
+        """The registered model of the reference class; `architecture` makes it the fixture's size."""
+        return REFERENCE_CLASSES[self.reference_class][0]
+
+    @property
+    def architecture(self) -> Dict[str, Any]:
         """The reference constructor arguments in this package's names."""
         kwargs = dict(self.reference_config)
         kwargs['t2t_layer'] = kwargs.pop('tokens_type')
+        if 'block_config' in kwargs:
+            kwargs['depth'] = kwargs.pop('block_config')
         return kwargs
+
+    @property
+    def model_kwargs(self) -> Dict[str, Any]:
+        """T2TViT's arguments for the fixture's model: its architecture and the parts of its reference class."""
+        return {**self.architecture, **REFERENCE_CLASSES[self.reference_class][1]}
 
     @property
     def input_size(self):
@@ -36,6 +61,7 @@ def load_parity_case(name: str) -> ParityCase:
     path = FIXTURES / f'{name}.pth.tar'
     return ParityCase(
         name=name,
+        reference_class=io.get('class', 'T2T_ViT'),
         checkpoint_path=path,
         checkpoint=torch.load(path, weights_only=True),
         reference_config=io['config'],

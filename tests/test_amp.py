@@ -6,7 +6,7 @@ import torch
 
 from benchmarks.reference_t2t import ReferenceT2TViT, strip_module_prefix
 from timm_t2t import T2TViT
-from timm_t2t.t2t_vit import _performer_attention_fp32, performer_attention
+from timm_t2t.attention import _performer_attention_fp32, performer_attention
 
 from parity_cases import load_parity_case
 

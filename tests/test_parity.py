@@ -13,7 +13,7 @@ from benchmarks.reference_t2t import (
 from timm_t2t import T2TViT
 from timm_t2t.t2t_vit import sinusoid_pos_embed
 
-from parity_cases import PARITY_CASES, load_parity_case
+from parity_cases import MAIN_FAMILY_CASES, PARITY_CASES, load_parity_case
 
 ATOL = 1e-5  # float32 round-off on logits of size ~1 (the contract allows 1e-4)
 
@@ -39,8 +39,8 @@ def test_load_state_dict_takes_reference_state_dict(parity_case, entry, fused):
 
 
 def _create(case, **kwargs):
-    # any entry point takes the fixture's architecture as keyword arguments
-    return timm.create_model('t2t_vit_7', **case.model_kwargs, **kwargs)
+    # the entry point of the fixture's reference class, made the fixture's size by keyword arguments
+    return timm.create_model(case.entry_point, **case.architecture, **kwargs)
 
 
 def test_create_model_checkpoint_path_prefers_ema(parity_case):
@@ -59,14 +59,14 @@ def test_timm_load_checkpoint(parity_case, use_ema):
 def test_pretrained_file_overlay(parity_case):
     overlay = dict(
         file=str(parity_case.checkpoint_path),
-        num_classes=parity_case.model_kwargs['num_classes'],
+        num_classes=parity_case.architecture['num_classes'],
         input_size=parity_case.input_size,
     )
     model = _create(parity_case, pretrained=True, pretrained_cfg_overlay=overlay)
     torch.testing.assert_close(_logits(model, parity_case.inputs), parity_case.logits['state_dict_ema'], rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize('name', PARITY_CASES)
+@pytest.mark.parametrize('name', MAIN_FAMILY_CASES)
 def test_reference_math_reproduces_reference_logits(name):
     """The benchmarks' re-implementation of the reference is the reference, numerically."""
     case = load_parity_case(name)

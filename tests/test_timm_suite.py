@@ -23,6 +23,7 @@ import timm
 MODELS = [
     't2t_vit_7', 't2t_vit_10', 't2t_vit_12', 't2t_vit_14', 't2t_vit_19', 't2t_vit_24',
     't2t_vit_t_14', 't2t_vit_t_19', 't2t_vit_t_24', 't2t_vit_14_resnext', 't2t_vit_14_wide',
+    't2t_vit_14_se', 't2t_vit_dense', 't2t_vit_16_ghost', 't2t_vit_14_wo_t2t', 't2t_vit_c_14', 't2t_vit_d768_4',
 ]
 MARKERS = 'base or forward or backward or cfg or torchscript or features or fxforward or fxbackward'
 DOWNLOADING_TESTS = ('test_model_inference', 'test_model_load_pretrained', 'test_model_features_pretrained')

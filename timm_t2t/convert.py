@@ -197,7 +197,7 @@ def convert_checkpoint(
     except (RuntimeError, ValueError, TypeError) as e:
         raise ConversionError(f'Cannot build {model_name} with {kwargs}: {e}') from e
     state_dict = checkpoint_filter_fn(state_dict, model)
-    problems = describe_mismatch(model, state_dict)
+    problems = describe_mismatch(model.state_dict(), state_dict)
     if problems:
         raise ConversionError(f'{source} does not fit {model_name}: {problems}.')
     model.load_state_dict(state_dict)

@@ -14,123 +14,65 @@ import logging
 import math
 import re
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.jit import Final
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     LayerType,
     Mlp,
-    calculate_drop_path_rates,
     get_act_layer,
-    get_device_dtype,
     get_norm_layer,
     register_notrace_function,
     resample_abs_pos_embed,
     to_2tuple,
     trunc_normal_,
-    use_fused_attn,
 )
 from timm.models import (
     adapt_input_conv,
     build_model_with_cfg,
-    checkpoint,
-    checkpoint_seq,
     clean_state_dict,
     generate_default_cfgs,
     register_model,
     resolve_pretrained_cfg,
 )
 from timm.models._features import feature_take_indices
-from timm.models._input import update_model_input_size
-from timm.models.vision_transformer import Block, global_pool_nlc
+from timm.models.vision_transformer import global_pool_nlc
+from torch.jit import Final
 
+from ._compat import (
+    Block,
+    calculate_drop_path_rates,
+    checkpoint,
+    checkpoint_seq,
+    get_device_dtype,
+    has_model_traits,
+    make_layer,
+    update_model_input_size,
+)
+from .attention import attention_kernel_flags, dot_product_attention, performer_attention
+from .blocks import Attention, DenseBlock, GhostAttention, GhostMlp, SqueezeExciteAttention, Transition
 from .hub import fetch_pretrained_file, hub_repo_id
 
-__all__ = ['T2TViT']
+__all__ = ['T2TViT', 'TokensToToken', 'ConvTokenizer']
 
 _logger = logging.getLogger(__name__)
 
-T2T_LAYERS = ('performer', 'transformer')
+T2T_LAYERS = ('performer', 'transformer', 'convolution')
 GLOBAL_POOLS = ('', 'token', 'avg', 'max', 'avgmax')
 DEFAULT_SOFT_SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))  # (kernel, stride, padding) of the three soft splits
-NUM_T2T_LAYERS = 2
+
+# the kernels are called from this module's layers: leaves for torch.fx's own tracer too (timm's knows them)
+torch.fx.wrap('performer_attention')
+torch.fx.wrap('dot_product_attention')
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # T2T layers
 # ---------------------------------------------------------------------------------------------------------------
-
-def _softmax_kernel_exponents(x: torch.Tensor, random_features: torch.Tensor) -> torch.Tensor:
-    """Exponents x w^T - |x|^2 / 2 (B, L, m) of the positive random features of the softmax kernel."""
-    return x @ random_features.t() - 0.5 * (x * x).sum(dim=-1, keepdim=True)
-
-
-def _performer_attention_fp32(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        random_features: torch.Tensor,
-        eps: float,
-) -> torch.Tensor:
-    dtype = v.dtype
-    q, k, v, random_features = q.float(), k.float(), v.float(), random_features.float()
-    # exp(zq_i + zk_j) is computed as exp(zq_i + c - s_i) * exp(zk_j - c): c, the keys' maximum per feature, and
-    # s_i, each query's maximum, cancel in the ratio below. Every factor is at most 1 and each query's largest
-    # term is 1, so nothing overflows, the normalizer is at least 1, and only negligible terms can underflow.
-    k_exponents = _softmax_kernel_exponents(k, random_features)  # (B, L, m)
-    key_max = k_exponents.amax(dim=-2, keepdim=True).detach()  # (B, 1, m)
-    k_features = torch.exp(k_exponents - key_max)
-    q_exponents = _softmax_kernel_exponents(q, random_features) + key_max
-    q_features = torch.exp(q_exponents - q_exponents.amax(dim=-1, keepdim=True).detach())
-    kv = k_features.transpose(-2, -1) @ v  # (B, m, D)
-    normalizer = q_features @ k_features.sum(dim=-2).unsqueeze(-1)  # (B, L, 1)
-    out = (q_features @ kv) / (normalizer + eps)
-    return out.to(dtype)
-
-
-@torch.jit.unused
-def _performer_attention_autocast_off(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        random_features: torch.Tensor,
-        eps: float,
-) -> torch.Tensor:
-    device_type = q.device.type
-    if not torch.amp.is_autocast_available(device_type):  # e.g. the meta device
-        return _performer_attention_fp32(q, k, v, random_features, eps)
-    with torch.autocast(device_type=device_type, enabled=False):
-        return _performer_attention_fp32(q, k, v, random_features, eps)
-
-
-@torch.fx.wrap
-@register_notrace_function
-def performer_attention(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        random_features: torch.Tensor,
-        eps: float = 1e-8,
-) -> torch.Tensor:
-    """Performer (FAVOR+) attention phi(q) (phi(k)^T v) / (phi(q) sum_j phi(k_j)), linear in tokens.
-
-    Computed in float32 with autocast off, so `eps` stays meaningful and nothing overflows under fp16 / bf16
-    autocast; the result is returned in the dtype of `v`. No L x L matrix is formed.
-
-    Args:
-        q, k, v: Queries, keys and values (B, L, D).
-        random_features: Fixed random feature matrix w (m, D).
-        eps: Added to the normalizer.
-    """
-    if torch.jit.is_scripting():
-        return _performer_attention_fp32(q, k, v, random_features, eps)
-    return _performer_attention_autocast_off(q, k, v, random_features, eps)
-
 
 class PerformerAttention(nn.Module):
     """Single-head Performer attention of a T2T layer, with the residual through v.
@@ -187,6 +129,7 @@ class TokenAttention(nn.Module):
     As in the reference, the scale comes from the input width (dim ** -0.5), not from the head width.
     """
     fused_attn: Final[bool]
+    fused_attn_forced: Final[bool]
 
     def __init__(
             self,
@@ -201,7 +144,7 @@ class TokenAttention(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.scale = dim ** -0.5
-        self.fused_attn = use_fused_attn()
+        self.fused_attn, self.fused_attn_forced = attention_kernel_flags()
         self.qkv = nn.Linear(dim, dim_out * 3, bias=qkv_bias, **dd)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim_out, dim_out, **dd)
@@ -209,16 +152,12 @@ class TokenAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, L, D): one head
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(
-                q, k, v,
-                dropout_p=self.attn_drop.p if self.training else 0.,
-                scale=self.scale,
-            )
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            x = attn @ v
+        x = dot_product_attention(
+            q, k, v, self.scale,
+            dropout_p=self.attn_drop.p if self.training else 0.,
+            fused=self.fused_attn,
+            forced=self.fused_attn_forced,
+        )
         return v.squeeze(1) + self.proj_drop(self.proj(x.squeeze(1)))
 
 
@@ -241,7 +180,7 @@ class TokenLayer(nn.Module):
     ) -> None:
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        self.norm1 = norm_layer(dim, **dd)
+        self.norm1 = make_layer(norm_layer, dim, **dd)
         if kind == 'performer':
             self.attn = PerformerAttention(dim, dim_out, qkv_bias=True, proj_drop=0.1, **dd)
             mlp_drop = 0.1
@@ -249,9 +188,9 @@ class TokenLayer(nn.Module):
             self.attn = TokenAttention(dim, dim_out, qkv_bias=False, **dd)
             mlp_drop = 0.
         else:
-            raise ValueError(f'Unknown T2T layer {kind!r}, expected one of {T2T_LAYERS}.')
-        self.norm2 = norm_layer(dim_out, **dd)
-        self.mlp = Mlp(dim_out, hidden_features=dim_out, act_layer=act_layer, drop=(0., mlp_drop), **dd)
+            raise ValueError(f'Unknown T2T layer {kind!r}, expected performer or transformer.')
+        self.norm2 = make_layer(norm_layer, dim_out, **dd)
+        self.mlp = make_layer(Mlp, dim_out, hidden_features=dim_out, act_layer=act_layer, drop=(0., mlp_drop), **dd)
         self.grad_checkpointing = False
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,6 +207,17 @@ class TokenLayer(nn.Module):
 # Tokens-to-Token module
 # ---------------------------------------------------------------------------------------------------------------
 
+def _split_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
+    """Length of one side after a soft split (or a convolution) with the given geometry."""
+    return (size + 2 * padding - kernel_size) // stride + 1
+
+
+def _check_soft_splits(soft_splits: Sequence[Sequence[int]], exactly_three: bool) -> None:
+    if (exactly_three and len(soft_splits) != 3) or not soft_splits or any(len(s) != 3 for s in soft_splits):
+        count = 'three' if exactly_three else 'one or more'
+        raise ValueError(f'soft_splits must hold {count} (kernel, stride, padding) triples, got {soft_splits}.')
+
+
 class SoftSplit(nn.Module):
     """Soft split: an overlapping unfold of an image (B, C, H, W) into tokens (B, L, C * k * k).
 
@@ -283,8 +233,10 @@ class SoftSplit(nn.Module):
 
     def feat_size(self, height: int, width: int) -> Tuple[int, int]:
         """Token grid (rows, columns) of an image of the given size."""
-        extent = 2 * self.padding - self.kernel_size
-        return (height + extent) // self.stride + 1, (width + extent) // self.stride + 1
+        return (
+            _split_size(height, self.kernel_size, self.stride, self.padding),
+            _split_size(width, self.kernel_size, self.stride, self.padding),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C = x.shape[0], x.shape[1]
@@ -303,10 +255,17 @@ def restructurize(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(B, C, grid[0], grid[1])
 
 
+def _cumulative_strides(soft_splits: Sequence[Sequence[int]]) -> Tuple[int, ...]:
+    return tuple(math.prod(s[1] for s in soft_splits[:i + 1]) for i in range(len(soft_splits)))
+
+
 class TokensToToken(nn.Module):
     """Tokens-to-Token module.
 
     soft split -> T2T layer -> re-structurize -> soft split -> T2T layer -> re-structurize -> soft split -> project
+
+    `map_info` describes the re-structurized outputs of the T2T layers (the module's feature maps), `reductions`
+    the stride of each soft split's tokens.
     """
 
     def __init__(
@@ -316,6 +275,7 @@ class TokensToToken(nn.Module):
             token_dim: int = 64,
             t2t_layer: str = 'performer',
             soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
+            proj_bias: bool = True,
             act_layer: LayerType = nn.GELU,
             norm_layer: LayerType = nn.LayerNorm,
             device=None,
@@ -328,11 +288,13 @@ class TokensToToken(nn.Module):
             token_dim: Width of the tokens inside the module.
             t2t_layer: Kind of T2T layer, 'performer' or 'transformer'.
             soft_splits: (kernel, stride, padding) of each of the three soft splits.
+            proj_bias: Bias in the final projection to `embed_dim`.
+            act_layer: Activation of the T2T layers' MLPs.
+            norm_layer: Normalization layer of the T2T layers.
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if len(soft_splits) != 3 or any(len(s) != 3 for s in soft_splits):
-            raise ValueError(f'soft_splits must hold three (kernel, stride, padding) triples, got {soft_splits}.')
+        _check_soft_splits(soft_splits, exactly_three=True)
         layer_args = dict(kind=t2t_layer, act_layer=act_layer, norm_layer=norm_layer, **dd)
         kernels = [s[0] for s in soft_splits]
         self.soft_split0 = SoftSplit(*soft_splits[0])
@@ -340,8 +302,10 @@ class TokensToToken(nn.Module):
         self.soft_split1 = SoftSplit(*soft_splits[1])
         self.attention2 = TokenLayer(token_dim * kernels[1] ** 2, token_dim, **layer_args)
         self.soft_split2 = SoftSplit(*soft_splits[2])
-        self.project = nn.Linear(token_dim * kernels[2] ** 2, embed_dim, **dd)
-        self.reductions = tuple(math.prod(s[1] for s in soft_splits[:i + 1]) for i in range(3))
+        self.project = nn.Linear(token_dim * kernels[2] ** 2, embed_dim, bias=proj_bias, **dd)
+        self.reductions = _cumulative_strides(soft_splits)
+        self.map_info = [
+            dict(module=f'attention{i + 1}', num_chs=token_dim, reduction=self.reductions[i]) for i in range(2)]
 
     def feat_size(self, height: int, width: int) -> Tuple[int, int]:
         """Grid of the output tokens for an image of the given size."""
@@ -349,13 +313,19 @@ class TokensToToken(nn.Module):
         grid = self.soft_split1.feat_size(grid[0], grid[1])
         return self.soft_split2.feat_size(grid[0], grid[1])
 
-    def prune(self, num_layers: int) -> None:
-        """Keep the first `num_layers` T2T layers and drop what follows; forward then ends at the last kept one."""
-        if num_layers < NUM_T2T_LAYERS:
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for layer in (self.attention1, self.attention2):
+            if layer is not None:
+                layer.grad_checkpointing = enable
+
+    def prune(self, num_maps: int) -> None:
+        """Keep the first `num_maps` T2T layers and drop what follows; forward then ends at the last kept one."""
+        if num_maps < 2:
             self.soft_split1 = None
             self.attention2 = None
         self.soft_split2 = None
         self.project = None
+        self.map_info = self.map_info[:num_maps]
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """Output tokens (B, N, embed_dim) and the re-structurized outputs of the T2T layers (B, token_dim, H, W)."""
@@ -369,6 +339,62 @@ class TokensToToken(nn.Module):
             maps.append(x)
         if self.soft_split2 is not None and self.project is not None:
             return self.project(self.soft_split2(x)), maps
+        return x.flatten(2).transpose(1, 2), maps
+
+
+class ConvTokenizer(nn.Module):
+    """The T2T module replaced by convolutions, one per soft split (the paper's T2T-ViTc ablation).
+
+    As the reference's 'convolution' tokens type: plain convolutions with no activation between them, `token_dim`
+    channels inside and `embed_dim` out. With a single 16x16, stride-16 convolution it is ViT's hard patch split.
+    The outputs of all but the last convolution are the module's feature maps.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            embed_dim: int = 768,
+            token_dim: int = 64,
+            soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        _check_soft_splits(soft_splits, exactly_three=False)
+        widths = [in_chans] + [token_dim] * (len(soft_splits) - 1) + [embed_dim]
+        self.convs = nn.ModuleList([
+            nn.Conv2d(widths[i], widths[i + 1], kernel_size=k, stride=s, padding=p, device=device, dtype=dtype)
+            for i, (k, s, p) in enumerate(soft_splits)])
+        self.soft_splits = tuple(tuple(s) for s in soft_splits)
+        self.reductions = _cumulative_strides(soft_splits)
+        self.num_maps = len(soft_splits) - 1
+        self.map_info = [
+            dict(module=f'convs.{i}', num_chs=token_dim, reduction=self.reductions[i]) for i in range(self.num_maps)]
+
+    def feat_size(self, height: int, width: int) -> Tuple[int, int]:
+        """Grid of the output tokens for an image of the given size."""
+        for kernel_size, stride, padding in self.soft_splits:
+            height = _split_size(height, kernel_size, stride, padding)
+            width = _split_size(width, kernel_size, stride, padding)
+        return height, width
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Convolutions are cheap to keep: nothing to checkpoint."""
+
+    def prune(self, num_maps: int) -> None:
+        """Keep the convolutions up to the `num_maps`-th feature map; forward then ends there."""
+        self.convs = self.convs[:num_maps]
+        self.soft_splits = self.soft_splits[:num_maps]
+        self.num_maps = num_maps
+        self.map_info = self.map_info[:num_maps]
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Output tokens (B, N, C) and the outputs of the inner convolutions (B, token_dim, H, W)."""
+        maps: List[torch.Tensor] = []
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < self.num_maps:
+                maps.append(x)
         return x.flatten(2).transpose(1, 2), maps
 
 
@@ -388,11 +414,31 @@ def sinusoid_pos_embed(num_positions: int, dim: int, device=None, dtype=None) ->
     return table.unsqueeze(0).to(device=device, dtype=dtype or torch.float32)
 
 
+def _shape_str(shape: List[int]) -> str:
+    return '(' + ', '.join([str(size) for size in shape]) + ')'
+
+
 @torch.fx.wrap
 @register_notrace_function
-def check_img_size(height: int, width: int, img_size: Tuple[int, int]) -> None:
-    """Raise a ValueError naming both sizes if an input does not have the model's fixed size."""
-    if height != img_size[0] or width != img_size[1]:
+def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], fixed_size: bool) -> None:
+    """Raise a one-line ValueError naming what was expected and what came, unless `x` is a floating-point batch of
+    images (B, in_chans, H, W) and, if `fixed_size`, of the size `img_size`."""
+    shape = _shape_str(x.shape)
+    if x.dim() != 4:
+        hint = ': add the batch dimension with x.unsqueeze(0)' if x.dim() == 3 else ''
+        raise ValueError(f'Expected a batch of images (B, {in_chans}, H, W), got a tensor of shape {shape}{hint}.')
+    if x.shape[1] != in_chans:
+        if x.shape[-1] == in_chans:
+            hint = ': the channels look last, permute them with x.permute(0, 3, 1, 2)'
+        else:
+            hint = f', or create the model with in_chans={x.shape[1]}'
+        raise ValueError(f'Expected images with {in_chans} channels (B, {in_chans}, H, W), got shape {shape}{hint}.')
+    if not x.is_floating_point():
+        raise ValueError(
+            f'Expected a floating-point image tensor, got {str(x.dtype).replace("torch.", "")}: convert it with '
+            f'x.float() / 255, then normalize it as the model\'s data config says.')
+    height, width = x.shape[-2], x.shape[-1]
+    if fixed_size and (height != img_size[0] or width != img_size[1]):
         raise ValueError(
             f'Input size ({height}x{width}) does not match the model img_size ({img_size[0]}x{img_size[1]}). '
             f'Create the model with img_size=({height}, {width}), or with dynamic_img_size=True.')
@@ -405,11 +451,58 @@ def _img_size_2tuple(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def _stage_depths(depth: Union[int, Sequence[int]], growth_rate: int, block_fn: Callable[..., nn.Module]) -> List[int]:
+    """The backbone's depth as a list of stage depths (one stage unless the backbone is dense), checked."""
+    if not growth_rate:
+        if not isinstance(depth, int):
+            raise ValueError(f'depth must be an int unless growth_rate is set (a dense backbone), got {depth}.')
+        return [depth]
+    if isinstance(depth, int) or not depth:
+        raise ValueError(f'A dense backbone (growth_rate={growth_rate}) takes depth as blocks per stage, got {depth}.')
+    if not (isinstance(block_fn, type) and issubclass(block_fn, DenseBlock)):
+        raise ValueError('A dense backbone (growth_rate > 0) needs block_fn=DenseBlock.')
+    return list(depth)
+
+
+def _dense_blocks(
+        block_fn: Callable[..., nn.Module],
+        width: int,
+        stage_depths: Sequence[int],
+        growth_rate: int,
+        drop_path_rates: Sequence[float],
+        act_layer: Type[nn.Module],
+        block_args: Dict[str, Any],
+) -> Tuple[List[nn.Module], List[int]]:
+    """DenseNet-style stages: each block appends `growth_rate` channels, a transition halves the width between
+    stages. Returns the modules in order and the width each one outputs.
+
+    Stochastic depth rises linearly over the blocks. The reference indexes its rates by stage instead, which only
+    changes training; in eval the path is the same.
+    """
+    modules, widths = [], []
+    for stage, num_blocks in enumerate(stage_depths):
+        for _ in range(num_blocks):
+            drop_path = drop_path_rates[len(modules) - stage]
+            modules.append(block_fn(dim=width, growth_rate=growth_rate, drop_path=drop_path, **block_args))
+            width += growth_rate
+            widths.append(width)
+        if stage < len(stage_depths) - 1:
+            modules.append(Transition(width, width // 2, act_layer=act_layer, device=block_args['device'],
+                                      dtype=block_args['dtype']))
+            width //= 2
+            widths.append(width)
+    return modules, widths
+
+
 class T2TViT(nn.Module):
     """T2T-ViT: a Tokens-to-Token module, then a ViT backbone on its tokens.
 
     The positional table is the reference's fixed sinusoid (a buffer, not trained), built for `img_size`. Inputs
     must have that size unless `dynamic_img_size=True`, when the table is resampled to any input size.
+
+    The paper's ablations are options: `block_fn`, `attn_layer` and `mlp_layer` choose the backbone's parts
+    (squeeze-excitation, ghost), `growth_rate` with per-stage depths makes it dense, `t2t_layer='convolution'`
+    replaces the T2T module by convolutions (one 16x16 convolution: ViT's hard split).
     """
     dynamic_img_size: Final[bool]
 
@@ -420,13 +513,14 @@ class T2TViT(nn.Module):
             num_classes: int = 1000,
             global_pool: str = 'token',
             embed_dim: int = 768,
-            depth: int = 12,
+            depth: Union[int, Sequence[int]] = 12,
             num_heads: int = 12,
             mlp_ratio: float = 4.,
             qkv_bias: bool = False,
             t2t_layer: str = 'performer',
             token_dim: int = 64,
             soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
+            growth_rate: int = 0,
             dynamic_img_size: bool = False,
             drop_rate: float = 0.,
             pos_drop_rate: float = 0.,
@@ -435,6 +529,9 @@ class T2TViT(nn.Module):
             drop_path_rate: float = 0.,
             norm_layer: Optional[LayerType] = None,
             act_layer: Optional[LayerType] = None,
+            block_fn: Callable[..., nn.Module] = Block,
+            attn_layer: Type[nn.Module] = Attention,
+            mlp_layer: Type[nn.Module] = Mlp,
             device=None,
             dtype=None,
     ) -> None:
@@ -444,14 +541,17 @@ class T2TViT(nn.Module):
             in_chans: Number of image channels.
             num_classes: Number of classes of the head, 0 for none.
             global_pool: Pooling of the final tokens: 'token' (class token), 'avg', 'max', 'avgmax' or '' (none).
-            embed_dim: Backbone width.
-            depth: Number of backbone blocks.
+            embed_dim: Backbone width (the input width of a dense backbone).
+            depth: Number of backbone blocks; for a dense backbone, the number of blocks of each stage.
             num_heads: Number of attention heads in the backbone.
-            mlp_ratio: Backbone MLP hidden width as a multiple of embed_dim.
+            mlp_ratio: Backbone MLP hidden width as a multiple of the block width.
             qkv_bias: Bias in the backbone's q, k, v projections.
-            t2t_layer: Kind of T2T layer, 'performer' or 'transformer'.
+            t2t_layer: Kind of T2T layer, 'performer' or 'transformer'; or 'convolution' for convolutions instead
+                of the T2T module, one per soft split.
             token_dim: Token width inside the T2T module.
-            soft_splits: (kernel, stride, padding) of each of the three soft splits.
+            soft_splits: (kernel, stride, padding) of each soft split: three for a T2T module, any number of
+                convolutions for t2t_layer='convolution'.
+            growth_rate: Channels each block of a dense backbone adds (0: not dense).
             dynamic_img_size: Accept any input size, resampling the positional table at run time.
             drop_rate: Dropout before the head.
             pos_drop_rate: Dropout after adding the positional table.
@@ -460,64 +560,80 @@ class T2TViT(nn.Module):
             drop_path_rate: Stochastic depth rate, increasing linearly over the blocks.
             norm_layer: Normalization layer (default nn.LayerNorm, eps 1e-5, as the reference).
             act_layer: MLP activation (default GELU).
+            block_fn: Backbone block (timm's `Block` interface; `DenseBlock` with `growth_rate`).
+            attn_layer: Attention of each block (`Attention`, `SqueezeExciteAttention`, `GhostAttention`).
+            mlp_layer: MLP of each block (timm's `Mlp`, `GhostMlp`).
         """
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f'Unknown global_pool {global_pool!r}, expected one of {GLOBAL_POOLS}.')
+        if t2t_layer not in T2T_LAYERS:
+            raise ValueError(f'Unknown T2T layer {t2t_layer!r}, expected one of {T2T_LAYERS}.')
+        stage_depths = _stage_depths(depth, growth_rate, block_fn)
         norm_layer = get_norm_layer(norm_layer) or nn.LayerNorm
         act_layer = get_act_layer(act_layer) or nn.GELU
 
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
-        # the first layer is a LayerNorm + Linear on unfolded patches, not a conv: checkpoint_filter_fn adapts it
-        self._traits = {'first_conv': None}
+        if t2t_layer != 'convolution':
+            # the first layer is a LayerNorm + Linear on unfolded patches, not a conv: checkpoint_filter_fn adapts it
+            self._traits = {'first_conv': None}
 
-        self.tokens_to_token = TokensToToken(
-            in_chans=in_chans,
-            embed_dim=embed_dim,
-            token_dim=token_dim,
-            t2t_layer=t2t_layer,
-            soft_splits=soft_splits,
-            act_layer=act_layer,
-            norm_layer=norm_layer,
-            **dd,
-        )
+        if t2t_layer == 'convolution':
+            self.tokens_to_token = ConvTokenizer(
+                in_chans=in_chans, embed_dim=embed_dim, token_dim=token_dim, soft_splits=soft_splits, **dd)
+        else:
+            self.tokens_to_token = TokensToToken(
+                in_chans=in_chans,
+                embed_dim=embed_dim,
+                token_dim=token_dim,
+                t2t_layer=t2t_layer,
+                soft_splits=soft_splits,
+                act_layer=act_layer,
+                norm_layer=norm_layer,
+                **dd,
+            )
+        self.num_stem_features = len(self.tokens_to_token.map_info)
         self.img_size = _img_size_2tuple(img_size)
         self.grid_size = self._grid_size(self.img_size)
         self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd))
         self.register_buffer('pos_embed', torch.empty(1, self.grid_size[0] * self.grid_size[1] + 1, embed_dim, **dd))
         self.pos_drop = nn.Dropout(pos_drop_rate)
 
-        dpr = calculate_drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.Sequential(*[
-            Block(
-                dim=embed_dim,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias,
-                proj_drop=proj_drop_rate,
-                attn_drop=attn_drop_rate,
-                drop_path=dpr[i],
-                act_layer=act_layer,
-                norm_layer=norm_layer,
-                **dd,
-            )
-            for i in range(depth)])
-        t2t_reductions = self.tokens_to_token.reductions
+        block_args = dict(
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            proj_drop=proj_drop_rate,
+            attn_drop=attn_drop_rate,
+            act_layer=act_layer,
+            norm_layer=norm_layer,
+            mlp_layer=mlp_layer,
+            attn_layer=attn_layer,
+            **dd,
+        )
+        dpr = calculate_drop_path_rates(drop_path_rate, sum(stage_depths))
+        if growth_rate:
+            blocks, widths = _dense_blocks(block_fn, embed_dim, stage_depths, growth_rate, dpr, act_layer, block_args)
+        else:
+            blocks = [block_fn(dim=embed_dim, drop_path=dpr[i], **block_args) for i in range(stage_depths[0])]
+            widths = [embed_dim] * len(blocks)
+        self.blocks = nn.Sequential(*blocks)
+        stride = self.tokens_to_token.reductions[-1]
         self.feature_info = [
-            dict(module='tokens_to_token.attention1', num_chs=token_dim, reduction=t2t_reductions[0]),
-            dict(module='tokens_to_token.attention2', num_chs=token_dim, reduction=t2t_reductions[1]),
-        ] + [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=t2t_reductions[2]) for i in range(depth)]
-        self.norm = norm_layer(embed_dim, **dd)
+            dict(info, module=f'tokens_to_token.{info["module"]}') for info in self.tokens_to_token.map_info
+        ] + [dict(module=f'blocks.{i}', num_chs=width, reduction=stride) for i, width in enumerate(widths)]
+        self.num_features = self.head_hidden_size = widths[-1]
+        self.norm = make_layer(norm_layer, self.num_features, **dd)
 
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         self.init_weights()
         self.register_load_state_dict_pre_hook(_load_state_dict_pre_hook)
@@ -552,7 +668,7 @@ class T2TViT(nn.Module):
         if hasattr(state_dict, '_metadata'):
             prepared._metadata = state_dict._metadata
         if strict:
-            mismatch = describe_mismatch(self, prepared)
+            mismatch = describe_mismatch(self.state_dict(), prepared)
             if mismatch:
                 raise RuntimeError(f'The checkpoint does not fit this {type(self).__name__}: {mismatch}.')
         return super().load_state_dict(prepared, strict=strict, assign=assign)
@@ -572,9 +688,7 @@ class T2TViT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute the T2T layers and the blocks in backward instead of keeping their activations."""
         self.grad_checkpointing = enable
-        for layer in (self.tokens_to_token.attention1, self.tokens_to_token.attention2):
-            if layer is not None:
-                layer.grad_checkpointing = enable
+        self.tokens_to_token.set_grad_checkpointing(enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -609,10 +723,11 @@ class T2TViT(nn.Module):
         update_model_input_size(self, img_size)
 
     def _token_grid(self, x: torch.Tensor) -> Tuple[int, int]:
-        """Grid of the tokens the T2T module makes of `x`, after checking the input size unless it is dynamic."""
+        """Grid of the tokens the T2T module makes of `x`, after checking that `x` is a batch of images the model
+        takes (channels, dtype and, unless it is dynamic, size)."""
+        check_image_batch(x, self.in_chans, self.img_size, not self.dynamic_img_size)
         if self.dynamic_img_size:
             return self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])
-        check_img_size(x.shape[-2], x.shape[-1], self.img_size)
         return self.grid_size
 
     def _pos_embed(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -639,16 +754,16 @@ class T2TViT(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that also returns intermediates, a feature pyramid at strides 4, 8 and 16.
+        """Forward features that also returns intermediates, a feature pyramid (strides 4, 8 and 16 by default).
 
-        Indices count over `feature_info`: 0 and 1 are the outputs of the two T2T layers (token_dim channels,
-        strides 4 and 8), 2 onwards the outputs of the blocks (embed_dim channels, stride 16).
+        Indices count over `feature_info`: first the feature maps of the T2T module (the outputs of its two T2T
+        layers: token_dim channels, strides 4 and 8), then the outputs of the blocks (stride 16).
 
         Args:
             x: Input image tensor.
             indices: Take the last n features if int, all if None, those listed if a sequence.
             return_prefix_tokens: Pair each intermediate with its prefix (class) token; T2T maps have none.
-            norm: Apply the final norm to block intermediates.
+            norm: Apply the final norm to block intermediates (those of its width, in a dense backbone).
             stop_early: Stop running blocks after the last intermediate taken.
             output_fmt: 'NCHW' maps or 'NLC' tokens.
             intermediates_only: Return only the intermediates.
@@ -674,14 +789,14 @@ class T2TViT(nn.Module):
         if torch.jit.is_scripting() or not stop_early:
             blocks = self.blocks
         else:
-            blocks = self.blocks[:max(max_index - NUM_T2T_LAYERS + 1, 0)]
+            blocks = self.blocks[:max(max_index - self.num_stem_features + 1, 0)]
         for i, blk in enumerate(blocks):
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(blk, x)
             else:
                 x = blk(x)
-            if i + NUM_T2T_LAYERS in take_indices:
-                y = self.norm(x) if norm else x
+            if i + self.num_stem_features in take_indices:
+                y = self.norm(x) if norm and x.shape[-1] == self.num_features else x
                 prefix_tokens.append(y[:, :self.num_prefix_tokens])
                 y = y[:, self.num_prefix_tokens:]
                 if reshape:
@@ -706,7 +821,7 @@ class T2TViT(nn.Module):
         the final norm: `forward_features` then returns that layer's tokens.
         """
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        if max_index < NUM_T2T_LAYERS:
+        if max_index < self.num_stem_features:
             self.tokens_to_token.prune(max_index + 1)
             self.cls_token = None
             self.num_prefix_tokens = 0
@@ -714,9 +829,11 @@ class T2TViT(nn.Module):
             self.norm = nn.Identity()
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
         else:
-            self.blocks = self.blocks[:max_index - NUM_T2T_LAYERS + 1]
-            if prune_norm:
+            self.blocks = self.blocks[:max_index - self.num_stem_features + 1]
+            width = self.feature_info[max_index]['num_chs']
+            if prune_norm or width != self.num_features:  # a dense backbone's final norm fits its last width only
                 self.norm = nn.Identity()
+            self.num_features = self.head_hidden_size = width
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
@@ -755,6 +872,8 @@ _REFERENCE_T2T_NAMES = {
     'mlp.0': 'mlp.fc1',
     'mlp.2': 'mlp.fc2',
 }
+# T2T-ViT-SE: the squeeze-excitation's bottleneck is an nn.Sequential in the reference
+_REFERENCE_SE_KEY = re.compile(r'^(blocks\.\d+\.attn)\.se_layer\.fc\.([02])\.weight$')
 
 
 def _kqv_to_qkv(tensor: torch.Tensor) -> torch.Tensor:
@@ -763,10 +882,11 @@ def _kqv_to_qkv(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def remap_reference_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename the reference's Performer T2T layer keys to this model's (and reorder k, q, v to q, k, v).
+    """Rename the reference's keys to this model's where they differ: its Performer T2T layers (with k, q, v
+    reordered to q, k, v) and the squeeze-excitation of T2T-ViT-SE.
 
-    The reference's Transformer T2T layers and backbone already share this model's key names. A state dict in
-    this model's own format passes through unchanged.
+    The reference's other keys (Transformer T2T layers, backbones, ghost and dense blocks) are this model's. A
+    state dict in this model's own format passes through unchanged.
     """
     out = {}
     for key, value in state_dict.items():
@@ -776,6 +896,9 @@ def remap_reference_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch
             key = f'{layer}.{_REFERENCE_T2T_NAMES[name]}{suffix or ""}'
             if name == 'kqv':
                 value = _kqv_to_qkv(value)
+        match = _REFERENCE_SE_KEY.match(key)
+        if match:
+            key = f'{match.group(1)}.se.fc{1 if match.group(2) == "0" else 2}.weight'
         out[key] = value
     return out
 
@@ -813,13 +936,15 @@ def _resample_pos_embed(state_dict: Dict[str, torch.Tensor], model: T2TViT) -> D
     return state_dict
 
 
-def _adapt_in_chans(state_dict: Dict[str, torch.Tensor], model: T2TViT) -> Dict[str, torch.Tensor]:
-    """Adapt the first T2T layer to the model's channel count.
+def _adapt_in_chans(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Adapt the first T2T layer to the channel count of `model` (a T2TViT or a T2TPatchEmbed).
 
     Its q, k, v projection reads unfolded patches (channel-major C x k x k), so it is viewed as a k x k conv and
     adapted the way timm adapts first convs. The LayerNorm before it gets the channel mean (one channel) or its
     channels tiled (more channels).
     """
+    if not isinstance(model.tokens_to_token, TokensToToken):
+        return state_dict  # a convolutional stem: timm adapts its first conv itself
     prefix = 'tokens_to_token.attention1.'
     weight = state_dict.get(prefix + 'attn.qkv.weight')
     kernel = model.tokens_to_token.soft_split0.kernel_size
@@ -883,9 +1008,9 @@ def _t2t_layer_kind(state_dict: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def describe_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> str:
-    """One line naming the keys by which a state dict (in this model's format) does not fit `model`; '' if it fits."""
-    own = model.state_dict()
+def describe_mismatch(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> str:
+    """One line naming the keys by which a state dict (in this model's format) does not fit a model's own state
+    dict `own`; '' if it fits."""
     problems = []
     source_kind, model_kind = _t2t_layer_kind(state_dict), _t2t_layer_kind(own)
     if source_kind and model_kind and source_kind != model_kind:
@@ -977,10 +1102,19 @@ _RELEASES = [
     ('t2t_vit_t_24.in1k', '82.6_T2T_ViTt_24.pth.tar', {}),
 ]
 
+_CONV_STEM = dict(first_conv='tokens_to_token.convs.0')
+
 default_cfgs = generate_default_cfgs({
     **{name: _cfg(url=_RELEASE_URL + file, hf_hub_id=hub_repo_id(name), **kwargs) for name, file, kwargs in _RELEASES},
     't2t_vit_14_resnext': _cfg(),
     't2t_vit_14_wide': _cfg(),
+    # the paper's ablations (no released weights)
+    't2t_vit_14_se': _cfg(),
+    't2t_vit_dense': _cfg(),
+    't2t_vit_16_ghost': _cfg(),
+    't2t_vit_14_wo_t2t': _cfg(**_CONV_STEM),
+    't2t_vit_c_14': _cfg(**_CONV_STEM),
+    't2t_vit_d768_4': _cfg(),
 })
 
 
@@ -995,10 +1129,22 @@ def _pretrained_file_overlay(variant: str, kwargs: Dict[str, Any]) -> Dict[str, 
     return overlay
 
 
+def _default_out_indices(kwargs: Dict[str, Any]) -> Tuple[int, ...]:
+    """features_only: every feature map of the T2T module (strides 4 and 8), then the last block (stride 16)."""
+    if kwargs.get('t2t_layer') == 'convolution':
+        num_maps = len(kwargs.get('soft_splits', DEFAULT_SOFT_SPLITS)) - 1
+    else:
+        num_maps = 2
+    return tuple(range(num_maps)) + (-1,)
+
+
 def _create_t2t_vit(variant: str, pretrained: bool = False, **kwargs) -> T2TViT:
-    out_indices = kwargs.pop('out_indices', (0, 1, -1))  # features_only: strides 4, 8 and 16
+    out_indices = kwargs.pop('out_indices', None) or _default_out_indices(kwargs)
     if pretrained:
         kwargs['pretrained_cfg_overlay'] = _pretrained_file_overlay(variant, kwargs)
+        if not has_model_traits and kwargs.get('in_chans', 3) != 3 and kwargs.get('t2t_layer') != 'convolution':
+            # timm before 1.0.31 adapts `first_conv` as a convolution; checkpoint_filter_fn adapts this Linear
+            kwargs['pretrained_cfg_overlay']['first_conv'] = None
     return build_model_with_cfg(
         T2TViT,
         variant,
@@ -1088,3 +1234,54 @@ def t2t_vit_14_wide(pretrained: bool = False, **kwargs) -> T2TViT:
     """T2T-ViT-14 wide: 4 blocks of width 768, 12 heads (no released weights)."""
     model_args = dict(t2t_layer='performer', embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.)
     return _create_t2t_vit('t2t_vit_14_wide', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_14_se(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-14-SE (paper ablation): squeeze-excitation on each block's attention output."""
+    model_args = dict(
+        t2t_layer='performer', embed_dim=384, depth=14, num_heads=6, mlp_ratio=3., attn_layer=SqueezeExciteAttention)
+    return _create_t2t_vit('t2t_vit_14_se', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_dense(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-Dense (paper ablation): dense stages of 3, 6, 6 and 4 blocks from width 128, growth rate 64."""
+    model_args = dict(
+        t2t_layer='performer', embed_dim=128, depth=(3, 6, 6, 4), growth_rate=64, num_heads=8, mlp_ratio=2.,
+        block_fn=DenseBlock)
+    return _create_t2t_vit('t2t_vit_dense', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_16_ghost(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-16-Ghost (paper ablation): ghost attention and MLP, 16 blocks of width 384."""
+    model_args = dict(
+        t2t_layer='performer', embed_dim=384, depth=16, num_heads=6, mlp_ratio=3., attn_layer=GhostAttention,
+        mlp_layer=GhostMlp)
+    return _create_t2t_vit('t2t_vit_16_ghost', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_14_wo_t2t(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-14 without T2T (paper ablation): the T2T-ViT-14 backbone over ViT's hard 16x16 patch split."""
+    model_args = dict(
+        t2t_layer='convolution', soft_splits=((16, 16, 0),), embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_14_wo_t2t', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_c_14(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViTc-14 (paper ablation): the T2T module replaced by convolutions 7x7/4, 3x3/2, 3x3/2."""
+    model_args = dict(t2t_layer='convolution', embed_dim=384, depth=14, num_heads=6, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_c_14', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def t2t_vit_d768_4(pretrained: bool = False, **kwargs) -> T2TViT:
+    """T2T-ViT-d768-4 (paper ablation): the shallow-wide counterpart of T2T-ViT-14, 4 blocks of width 768.
+
+    The reference registers this architecture as `t2t_vit_14_wide`.
+    """
+    model_args = dict(t2t_layer='performer', embed_dim=768, depth=4, num_heads=12, mlp_ratio=3.)
+    return _create_t2t_vit('t2t_vit_d768_4', pretrained=pretrained, **dict(model_args, **kwargs))

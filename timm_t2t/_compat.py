@@ -1,0 +1,136 @@
+"""What differs between the timm releases this package supports (1.0.9 onwards), in one place.
+
+Each name here is timm's own where the installed release has it, and a small local equivalent where it does not.
+The model code imports these names from here, never the version-dependent ones from timm directly.
+"""
+import inspect
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+
+import timm
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+from timm.layers import DropPath
+from timm.layers import Mlp
+from timm.models import checkpoint_seq as _timm_checkpoint_seq
+from timm.models.vision_transformer import Block as _TimmBlock
+from timm.models.vision_transformer import LayerScale
+
+__all__ = [
+    'TIMM_VERSION', 'Block', 'calculate_drop_path_rates', 'checkpoint', 'checkpoint_seq', 'get_device_dtype',
+    'has_model_traits', 'make_layer', 'update_model_input_size',
+]
+
+
+def _version_tuple(version: str) -> tuple:
+    return tuple(int(part) for part in version.split('+')[0].split('.')[:3] if part.isdigit())
+
+
+TIMM_VERSION = _version_tuple(timm.__version__)
+
+
+def _accepts(fn: Callable, *names: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
+    return all(name in parameters for name in names)
+
+
+def make_layer(layer: Callable[..., nn.Module], *args, device=None, dtype=None, **kwargs) -> nn.Module:
+    """Build a layer on the device and dtype asked for, whether or not its constructor takes them (timm's layers
+    take them from 1.0.21): without them it is built, then moved."""
+    if _accepts(layer, 'device', 'dtype'):
+        return layer(*args, device=device, dtype=dtype, **kwargs)
+    module = layer(*args, **kwargs)
+    if device is not None or dtype is not None:
+        module.to(device=device, dtype=dtype)
+    return module
+
+
+try:  # timm >= 1.0.20
+    from timm.layers import calculate_drop_path_rates
+except ImportError:
+    def calculate_drop_path_rates(drop_path_rate: float, depths: int) -> List[float]:
+        """Stochastic depth rates rising linearly from 0 to `drop_path_rate` over `depths` blocks."""
+        return [x.item() for x in torch.linspace(0, drop_path_rate, depths, device='cpu')]
+
+try:  # timm >= 1.0.21
+    from timm.layers import get_device_dtype
+except ImportError:
+    def get_device_dtype(module: nn.Module, device=None, dtype=None) -> Dict[str, Any]:
+        """Factory kwargs of a module: the given device and dtype, else those of its first parameter."""
+        parameter = next(module.parameters(), None)
+        if parameter is not None:
+            device = parameter.device if device is None else device
+            dtype = parameter.dtype if dtype is None else dtype
+        return {'device': device, 'dtype': dtype}
+
+try:  # timm >= 1.0.31: models carry traits (input size, first conv) that create_model and resizing update
+    from timm.models._input import update_model_input_size
+    has_model_traits = True
+except ImportError:
+    has_model_traits = False
+
+    def update_model_input_size(model: nn.Module, img_size: Optional[Sequence[int]], **model_args: Any) -> None:
+        """Releases without model traits keep no record of a model's input size: nothing to update."""
+
+if _accepts(_timm_checkpoint_seq, 'use_reentrant'):  # timm >= 1.0.13
+    from timm.models import checkpoint, checkpoint_seq
+else:
+    def checkpoint(function: Callable, *args, **kwargs):
+        """torch's activation checkpoint, non-reentrant (as timm's own wrapper defaults to)."""
+        return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False, **kwargs)
+
+    def checkpoint_seq(functions: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        """Checkpoint each module of a sequence in turn, non-reentrant."""
+        for function in functions:
+            x = checkpoint(function, x)
+        return x
+
+if _accepts(_TimmBlock, 'attn_layer', 'device'):  # timm >= 1.0.25
+    Block = _TimmBlock
+else:
+    class Block(nn.Module):
+        """Pre-norm transformer block with timm's parameter names, taking `attn_layer` as timm's does from 1.0.25."""
+
+        def __init__(
+                self,
+                dim: int,
+                num_heads: int,
+                mlp_ratio: float = 4.,
+                qkv_bias: bool = False,
+                qk_norm: bool = False,
+                proj_bias: bool = True,
+                proj_drop: float = 0.,
+                attn_drop: float = 0.,
+                init_values: Optional[float] = None,
+                drop_path: float = 0.,
+                act_layer: Type[nn.Module] = nn.GELU,
+                norm_layer: Type[nn.Module] = nn.LayerNorm,
+                mlp_layer: Type[nn.Module] = Mlp,
+                attn_layer: Optional[Type[nn.Module]] = None,
+                device=None,
+                dtype=None,
+        ) -> None:
+            super().__init__()
+            if attn_layer is None:
+                raise ValueError('Block needs an attn_layer.')
+            dd = {'device': device, 'dtype': dtype}
+            self.norm1 = make_layer(norm_layer, dim, **dd)
+            self.attn = attn_layer(
+                dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, proj_bias=proj_bias,
+                attn_drop=attn_drop, proj_drop=proj_drop, norm_layer=norm_layer, **dd)
+            self.ls1 = make_layer(LayerScale, dim, init_values=init_values, **dd) if init_values else nn.Identity()
+            self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+            self.norm2 = make_layer(norm_layer, dim, **dd)
+            self.mlp = make_layer(
+                mlp_layer, in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer,
+                bias=proj_bias, drop=proj_drop, **dd)
+            self.ls2 = make_layer(LayerScale, dim, init_values=init_values, **dd) if init_values else nn.Identity()
+            self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+            x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+            return x

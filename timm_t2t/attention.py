@@ -1,0 +1,127 @@
+"""Attention kernels of T2T-ViT: softmax dot-product attention and the Performer's linear attention.
+
+Each kernel picks its implementation from the device and dtype it is given, so that one model is fast in every
+precision it runs in:
+
+- Softmax attention uses the fused kernel (`F.scaled_dot_product_attention`) when timm's switch allows it, except
+  on the CPU in reduced precision over short sequences, where the eager matmul-softmax-matmul path measures faster
+  (`benchmarks/attention_kernels.py`). Setting `TIMM_FUSED_ATTN=1` forces the fused kernel everywhere, `0` the
+  eager one, as for timm's own models.
+- The Performer estimates softmax attention with positive random features. Its exponentials are stabilised so
+  that nothing overflows in any precision; the feature maps are summed in float32.
+"""
+import os
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from timm.layers import register_notrace_function, use_fused_attn
+
+__all__ = ['attention_kernel_flags', 'dot_product_attention', 'performer_attention']
+
+
+
+def attention_kernel_flags() -> Tuple[bool, bool]:
+    """(fused, forced) for a new attention layer: whether timm's switch allows the fused kernel, and whether the
+    user asked for it explicitly (`TIMM_FUSED_ATTN` set), in which case it is used on every device and dtype."""
+    fused = use_fused_attn()
+    return fused, fused and bool(os.environ.get('TIMM_FUSED_ATTN', '').strip())
+
+
+@torch.fx.wrap
+@register_notrace_function
+def dot_product_attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        dropout_p: float = 0.,
+        fused: bool = True,
+        forced: bool = False,
+) -> torch.Tensor:
+    """Softmax attention softmax(q k^T * scale) v over (B, heads, L, head_dim) inputs.
+
+    Args:
+        q, k, v: Queries, keys and values (B, H, L, D).
+        scale: Multiplies q k^T.
+        dropout_p: Dropout on the attention weights.
+        fused: The fused kernel is allowed (timm's switch).
+        forced: Use the fused kernel even where the eager path is faster.
+    """
+    low_precision = q.dtype == torch.bfloat16 or q.dtype == torch.float16
+    # up to ~1k tokens (measured crossover between 784 and 3136, forward and backward; beyond it the L x L scores
+    # outgrow the caches)
+    eager_is_faster = q.device.type == 'cpu' and low_precision and q.shape[-2] <= 1024
+    if fused and (forced or not eager_is_faster):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    if dropout_p > 0.:
+        attn = F.dropout(attn, p=dropout_p)
+    return attn @ v
+
+
+def _softmax_kernel_exponents(x: torch.Tensor, random_features: torch.Tensor) -> torch.Tensor:
+    """Exponents x w^T - |x|^2 / 2 (B, L, m) of the positive random features of the softmax kernel."""
+    return x @ random_features.t() - 0.5 * (x * x).sum(dim=-1, keepdim=True)
+
+
+def _performer_attention_fp32(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        random_features: torch.Tensor,
+        eps: float,
+) -> torch.Tensor:
+    dtype = v.dtype
+    q, k, v, random_features = q.float(), k.float(), v.float(), random_features.float()
+    # exp(zq_i + zk_j) is computed as exp(zq_i + c - s_i) * exp(zk_j - c): c, the keys' maximum per feature, and
+    # s_i, each query's maximum, cancel in the ratio below. Every factor is at most 1 and each query's largest
+    # term is 1, so nothing overflows, the normalizer is at least 1, and only negligible terms can underflow.
+    k_exponents = _softmax_kernel_exponents(k, random_features)  # (B, L, m)
+    key_max = k_exponents.amax(dim=-2, keepdim=True).detach()  # (B, 1, m)
+    k_features = torch.exp(k_exponents - key_max)
+    q_exponents = _softmax_kernel_exponents(q, random_features) + key_max
+    q_features = torch.exp(q_exponents - q_exponents.amax(dim=-1, keepdim=True).detach())
+    kv = k_features.transpose(-2, -1) @ v  # (B, m, D)
+    normalizer = q_features @ k_features.sum(dim=-2).unsqueeze(-1)  # (B, L, 1)
+    out = (q_features @ kv) / (normalizer + eps)
+    return out.to(dtype)
+
+
+@torch.jit.unused
+def _performer_attention_autocast_off(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        random_features: torch.Tensor,
+        eps: float,
+) -> torch.Tensor:
+    device_type = q.device.type
+    if not torch.amp.is_autocast_available(device_type):  # e.g. the meta device
+        return _performer_attention_fp32(q, k, v, random_features, eps)
+    with torch.autocast(device_type=device_type, enabled=False):
+        return _performer_attention_fp32(q, k, v, random_features, eps)
+
+
+@torch.fx.wrap
+@register_notrace_function
+def performer_attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        random_features: torch.Tensor,
+        eps: float = 1e-8,
+) -> torch.Tensor:
+    """Performer (FAVOR+) attention phi(q) (phi(k)^T v) / (phi(q) sum_j phi(k_j)), linear in tokens.
+
+    Computed in float32 with autocast off, so `eps` stays meaningful and nothing overflows under fp16 / bf16
+    autocast; the result is returned in the dtype of `v`. No L x L matrix is formed.
+
+    Args:
+        q, k, v: Queries, keys and values (B, L, D).
+        random_features: Fixed random feature matrix w (m, D).
+        eps: Added to the normalizer.
+    """
+    if torch.jit.is_scripting():
+        return _performer_attention_fp32(q, k, v, random_features, eps)
+    return _performer_attention_autocast_off(q, k, v, random_features, eps)
