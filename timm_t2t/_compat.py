@@ -18,7 +18,7 @@ from timm.models.vision_transformer import LayerScale
 
 __all__ = [
     'TIMM_VERSION', 'Block', 'calculate_drop_path_rates', 'checkpoint', 'checkpoint_seq', 'get_device_dtype',
-    'has_model_traits', 'make_layer', 'update_model_input_size',
+    'has_model_traits', 'make_layer', 'register_notrace_function', 'update_model_input_size',
 ]
 
 
@@ -47,6 +47,11 @@ def make_layer(layer: Callable[..., nn.Module], *args, device=None, dtype=None, 
         module.to(device=device, dtype=dtype)
     return module
 
+
+try:  # timm >= 1.0.17
+    from timm.layers import register_notrace_function
+except ImportError:
+    from timm.models._features_fx import register_notrace_function
 
 try:  # timm >= 1.0.20
     from timm.layers import calculate_drop_path_rates

@@ -15,7 +15,9 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import register_notrace_function, use_fused_attn
+from timm.layers import use_fused_attn
+
+from ._compat import register_notrace_function
 
 __all__ = ['attention_kernel_flags', 'dot_product_attention', 'performer_attention']
 

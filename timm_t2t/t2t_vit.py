@@ -26,7 +26,6 @@ from timm.layers import (
     Mlp,
     get_act_layer,
     get_norm_layer,
-    register_notrace_function,
     resample_abs_pos_embed,
     to_2tuple,
     trunc_normal_,
@@ -51,6 +50,7 @@ from ._compat import (
     get_device_dtype,
     has_model_traits,
     make_layer,
+    register_notrace_function,
     update_model_input_size,
 )
 from .attention import attention_kernel_flags, dot_product_attention, performer_attention
