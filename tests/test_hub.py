@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from timm.models import save_for_hf
-from timm.models._hub import generate_readme
+from timm.models._hub import generate_readme, save_for_hf
 
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config, training_checkpoint
 from fresh_python import run_python

@@ -4,7 +4,7 @@ import copy
 import pytest
 import timm
 import torch
-from timm.optim import param_groups_layer_decay
+from timm.optim.optim_factory import param_groups_layer_decay
 
 from timm_t2t import T2TViT
 

@@ -4,7 +4,9 @@ Each name here is timm's own where the installed release has it, and a small loc
 The model code imports these names from here, never the version-dependent ones from timm directly.
 """
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 
 import timm
 import torch
@@ -13,12 +15,14 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 from timm.layers import Mlp
 from timm.models import checkpoint_seq as _timm_checkpoint_seq
+from timm.models._hub import save_for_hf
 from timm.models.vision_transformer import Block as _TimmBlock
 from timm.models.vision_transformer import LayerScale
 
 __all__ = [
-    'TIMM_VERSION', 'Block', 'calculate_drop_path_rates', 'checkpoint', 'checkpoint_seq', 'get_device_dtype',
-    'has_model_traits', 'make_layer', 'register_notrace_function', 'update_model_input_size',
+    'TIMM_VERSION', 'Block', 'calculate_drop_path_rates', 'checkpoint', 'checkpoint_seq', 'create_model_from_folder',
+    'get_device_dtype', 'has_model_traits', 'make_layer', 'register_notrace_function', 'save_for_hf',
+    'update_model_input_size',
 ]
 
 
@@ -139,3 +143,15 @@ else:
             x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
             return x
+
+
+def create_model_from_folder(folder: Union[str, Path]) -> nn.Module:
+    """The model saved in a folder as `save_for_hf` writes it (config.json, model.safetensors), with its weights:
+    timm's `local-dir:` source from 1.0.17, the same from the folder's config before."""
+    folder = Path(folder)
+    if TIMM_VERSION >= (1, 0, 17):
+        return timm.create_model(f'local-dir:{folder}', pretrained=True)
+    config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+    overlay = dict(config['pretrained_cfg'], file=str(folder / 'model.safetensors'))
+    return timm.create_model(
+        config['architecture'], pretrained=True, pretrained_cfg_overlay=overlay, **config.get('model_args', {}))

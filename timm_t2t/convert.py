@@ -14,9 +14,10 @@ from typing import Any, Dict, Optional, Tuple, Union
 import timm
 import torch
 from huggingface_hub import HfApi
-from timm.models import load_state_dict, save_for_hf
+from timm.models import load_state_dict
 from timm.models._hub import generate_readme
 
+from ._compat import create_model_from_folder, save_for_hf
 from .t2t_vit import (
     DEFAULT_SOFT_SPLITS,
     T2TViT,
@@ -210,10 +211,10 @@ def convert_checkpoint(
     expected = _logits(model, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / 'converted'
-        save_for_hf(model, folder, safe_serialization=True)
+        save_for_hf(model, folder, model_args=kwargs, safe_serialization=True)  # how to build it again
         (folder / 'README.md').write_text(
             generate_readme(model_card(model, repo_id, released), repo_id or model_name), encoding='utf-8')
-        reloaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
+        reloaded = create_model_from_folder(folder)
         diff = (_logits(reloaded, inputs) - expected).abs().max().item()
         if not diff <= atol:
             raise ConversionError(f'The converted weights do not reproduce the source logits (max diff {diff:.3g}).')
