@@ -214,7 +214,8 @@ def test_convert_cli_errors_name_the_problem(release_file, tmp_path):
     cases = [
         ((release_file, tmp_path / 'o2', '--model', 't2t_vit_99'), "Unknown T2T-ViT variant 't2t_vit_99'"),
         ((release_file, tmp_path / 'o3', '--model', 't2t_vit_7.in22k'), "Unknown pretrained tag 't2t_vit_7.in22k'"),
-        ((text_file, tmp_path / 'o4', '--model', 't2t_vit_7'), 'is not a T2T-ViT checkpoint'),
+        ((text_file, tmp_path / 'o4', '--model', 't2t_vit_7'),
+         'notes.txt is not a readable checkpoint: not a PyTorch or safetensors weight file.'),
         ((release_file, tmp_path / 'o5', '--model', 't2t_vit_14'), 'does not fit t2t_vit_14: 143 keys missing'),
         ((release_file, tmp_path / 'full', '--model', 't2t_vit_7'), 'already exists and is not an empty directory'),
     ]

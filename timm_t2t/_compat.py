@@ -3,6 +3,8 @@
 Each name here is timm's own where the installed release has it, and a small local equivalent where it does not.
 The model code imports these names from here, never the version-dependent ones from timm directly.
 """
+import argparse
+import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -15,14 +17,15 @@ import torch.utils.checkpoint
 from timm.layers import DropPath
 from timm.layers import Mlp
 from timm.models import checkpoint_seq as _timm_checkpoint_seq
+from timm.models import load_state_dict as _timm_load_state_dict
 from timm.models._hub import save_for_hf
 from timm.models.vision_transformer import Block as _TimmBlock
 from timm.models.vision_transformer import LayerScale
 
 __all__ = [
     'TIMM_VERSION', 'Block', 'calculate_drop_path_rates', 'checkpoint', 'checkpoint_seq', 'create_model_from_folder',
-    'get_device_dtype', 'has_model_traits', 'make_layer', 'register_notrace_function', 'save_for_hf',
-    'update_model_input_size',
+    'get_device_dtype', 'has_model_traits', 'load_state_dict', 'make_layer', 'register_notrace_function',
+    'save_for_hf', 'update_model_input_size',
 ]
 
 
@@ -155,3 +158,11 @@ def create_model_from_folder(folder: Union[str, Path]) -> nn.Module:
     overlay = dict(config['pretrained_cfg'], file=str(folder / 'model.safetensors'))
     return timm.create_model(
         config['architecture'], pretrained=True, pretrained_cfg_overlay=overlay, **config.get('model_args', {}))
+
+
+def load_state_dict(path: Union[str, Path], use_ema: bool = True) -> Dict[str, Any]:
+    """timm's `load_state_dict` (EMA weights first, prefixes cleaned), loading weights only, with the
+    argparse.Namespace that training checkpoints carry allowed (as timm allows it itself from 1.0.2x)."""
+    allow_args = getattr(torch.serialization, 'safe_globals', None)
+    with allow_args([argparse.Namespace]) if allow_args else contextlib.nullcontext():
+        return _timm_load_state_dict(str(path), use_ema=use_ema, weights_only=True)

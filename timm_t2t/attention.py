@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import use_fused_attn
 
+from _timm_t2t_autoload import register_with_timm
+
 from ._compat import register_notrace_function
 
 __all__ = ['attention_kernel_flags', 'dot_product_attention', 'performer_attention']
@@ -127,3 +129,5 @@ def performer_attention(
     if torch.jit.is_scripting():
         return _performer_attention_fp32(q, k, v, random_features, eps)
     return _performer_attention_autocast_off(q, k, v, random_features, eps)
+
+register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

@@ -5,7 +5,7 @@ card (`README.md`) with the variant's paper numbers and citation. It loads with
 `timm.create_model('hf-hub:ORG/REPO', pretrained=True)` once pushed, or `'local-dir:PATH'` as it is.
 """
 import logging
-import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,16 +14,19 @@ from typing import Any, Dict, Optional, Tuple, Union
 import timm
 import torch
 from huggingface_hub import HfApi
-from timm.models import load_state_dict
 from timm.models._hub import generate_readme
 
+from _timm_t2t_autoload import register_with_timm
+
 from ._compat import create_model_from_folder, save_for_hf
+from .catalog import PAPER_MODEL_STATS, PAPER_TOP1
+from .hub import InvalidCheckpointError, read_checkpoint
 from .t2t_vit import (
-    DEFAULT_SOFT_SPLITS,
     T2TViT,
     check_t2t_checkpoint,
     checkpoint_filter_fn,
     describe_mismatch,
+    model_args_from_state_dict,
     normalize_state_dict,
 )
 
@@ -41,36 +44,6 @@ CITATION = """@inproceedings{yuan2021tokens,
   pages={558--567},
   year={2021}
 }"""
-
-# Paper numbers: (params in millions, GMACs at 224) per architecture, top-1 per released checkpoint.
-PAPER_MODEL_STATS = {
-    't2t_vit_7': (4.3, 1.1),
-    't2t_vit_10': (5.9, 1.5),
-    't2t_vit_12': (6.9, 1.8),
-    't2t_vit_14': (21.5, 4.8),
-    't2t_vit_19': (39.2, 8.5),
-    't2t_vit_24': (64.1, 13.8),
-    't2t_vit_t_14': (21.5, 6.1),
-    't2t_vit_t_19': (39.2, 9.8),
-    't2t_vit_t_24': (64.1, 15.0),
-}
-PAPER_TOP1 = {
-    't2t_vit_7.in1k': 71.7,
-    't2t_vit_10.in1k': 75.2,
-    't2t_vit_12.in1k': 76.5,
-    't2t_vit_14.in1k': 81.5,
-    't2t_vit_14.in1k_384': 83.3,
-    't2t_vit_14.in1k_ft_cifar10': 98.3,
-    't2t_vit_14.in1k_ft_cifar100': 88.4,
-    't2t_vit_19.in1k': 81.9,
-    't2t_vit_19.in1k_ft_cifar10': 98.4,
-    't2t_vit_19.in1k_ft_cifar100': 89.0,
-    't2t_vit_24.in1k': 82.3,
-    't2t_vit_24.tl_in1k': 84.2,
-    't2t_vit_t_14.in1k': 81.7,
-    't2t_vit_t_19.in1k': 82.4,
-    't2t_vit_t_24.in1k': 82.6,
-}
 
 
 class ConversionError(ValueError):
@@ -91,7 +64,8 @@ def model_card(model: T2TViT, repo_id: Optional[str] = None, released: bool = Tr
     Args:
         model: The converted model, with the pretrained cfg of its tag.
         repo_id: The Hub repo it goes to, for the usage snippet.
-        released: The model is a released configuration, so the paper's numbers describe it.
+        released: The weights are those of a released pretrained tag (named by the user) in its released
+            configuration, so the paper's numbers describe them; otherwise the card claims neither.
     """
     cfg = model.pretrained_cfg
     name = '.'.join(filter(None, (cfg['architecture'], cfg.get('tag'))))
@@ -135,24 +109,23 @@ def _source_state_dict(source: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
     if not source.is_file():
         raise ConversionError(f'No checkpoint file at {source}.')
     try:
-        checkpoint = load_state_dict(str(source), use_ema=use_ema)
+        checkpoint = read_checkpoint(source, use_ema=use_ema)
+    except InvalidCheckpointError as e:
+        raise ConversionError(str(e)) from e
+    try:
         check_t2t_checkpoint(checkpoint)
-    except Exception as e:
+    except ValueError as e:
         raise ConversionError(f'{source} is not a T2T-ViT checkpoint: {e}') from e
     return normalize_state_dict(checkpoint)
 
 
-def _source_model_args(state_dict: Dict[str, torch.Tensor], model_kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Classes, channels and (square) input size of a normalized state dict, read from its weights."""
-    soft_splits = model_kwargs.get('soft_splits', DEFAULT_SOFT_SPLITS)
-    args = {'in_chans': state_dict['tokens_to_token.attention1.attn.qkv.weight'].shape[1] // soft_splits[0][0] ** 2}
-    if 'head.weight' in state_dict:
-        args['num_classes'] = state_dict['head.weight'].shape[0]
-    num_tokens = state_dict['pos_embed'].shape[1] - 1
-    side = math.isqrt(num_tokens)
-    if side * side == num_tokens:
-        args['img_size'] = side * math.prod(s[1] for s in soft_splits)
-    return args
+def _publish_permissions(folder: Path) -> None:
+    """Give the folder and its files the permissions new files get here (a temporary folder is private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _logits(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -192,7 +165,7 @@ def convert_checkpoint(
 
     state_dict = _source_state_dict(source, use_ema)
     model_kwargs = model_kwargs or {}
-    kwargs = {**_source_model_args(state_dict, model_kwargs), **model_kwargs}
+    kwargs = {**model_args_from_state_dict(state_dict, model_kwargs.get('soft_splits')), **model_kwargs}
     try:
         model = timm.create_model(model_name, **kwargs)
     except (RuntimeError, ValueError, TypeError) as e:
@@ -203,8 +176,9 @@ def convert_checkpoint(
         raise ConversionError(f'{source} does not fit {model_name}: {problems}.')
     model.load_state_dict(state_dict)
     cfg = model.pretrained_cfg
-    released = not model_kwargs and (model.num_classes, model.in_chans, *model.img_size) == (
-        cfg['num_classes'], *cfg['input_size'])  # a released configuration: the paper's numbers describe it
+    # the user named a released tag, and the weights have its configuration: the paper's numbers describe them
+    released = '.' in model_name and not model_kwargs and (model.num_classes, model.in_chans, *model.img_size) == (
+        cfg['num_classes'], *cfg['input_size'])
 
     torch.manual_seed(0)
     inputs = torch.randn(2, model.in_chans, *model.img_size)
@@ -214,6 +188,7 @@ def convert_checkpoint(
         save_for_hf(model, folder, model_args=kwargs, safe_serialization=True)  # how to build it again
         (folder / 'README.md').write_text(
             generate_readme(model_card(model, repo_id, released), repo_id or model_name), encoding='utf-8')
+        _publish_permissions(folder)
         reloaded = create_model_from_folder(folder)
         diff = (_logits(reloaded, inputs) - expected).abs().max().item()
         if not diff <= atol:
@@ -232,3 +207,5 @@ def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, t
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message='Add T2T-ViT weights')
     return commit.commit_url
+
+register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

@@ -5,20 +5,32 @@ organisation in ``TIMM_T2T_HUB_ORG`` (read when the package is imported), and th
 already in the cache load without a request. A Hub repo that cannot be found falls back to the release file,
 which the model's checkpoint filter converts on the fly. Every download is checked before use: a file that is
 truncated or not a checkpoint raises an error and is removed from the cache, so the next attempt fetches it anew.
+
+Without a network the answer comes fast and says so: a host that cannot be reached is not retried (each source is
+checked with one quick connection first), and with ``HF_HUB_OFFLINE=1`` only the caches are looked at.
 """
 import logging
 import os
+import socket
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
 import torch
+from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-from timm.models import load_state_dict
 from timm.models._hub import hf_split
 
-__all__ = ['HUB_ORG_ENV', 'DEFAULT_HUB_ORG', 'InvalidCheckpointError', 'fetch_pretrained_file', 'hub_repo_id']
+from _timm_t2t_autoload import register_with_timm
+
+from ._compat import load_state_dict
+
+__all__ = [
+    'HUB_ORG_ENV', 'DEFAULT_HUB_ORG', 'InvalidCheckpointError', 'WeightsUnavailableError', 'cached_weights',
+    'fetch_pretrained_file', 'hub_repo_id', 'read_checkpoint',
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -27,17 +39,69 @@ DEFAULT_HUB_ORG = 'timm-t2t'
 HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')  # as timm writes them, safetensors first
 # the Hub has no such repo, revision or weight file (locally too, when offline): try the release file
 _HUB_MISSING = (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
+CONNECT_TIMEOUT = 5.  # seconds to wait for one connection to a weight host before calling it unreachable
 
 PathLike = Union[str, Path]
 
 
 class InvalidCheckpointError(ValueError):
-    """A downloaded weight file is truncated, corrupted or not a checkpoint of this model family."""
+    """A weight file is truncated, corrupted or not a checkpoint of this model family."""
+
+
+class WeightsUnavailableError(OSError):
+    """Pretrained weights are neither in the local cache nor downloadable from here (offline, unreachable)."""
 
 
 def hub_repo_id(model_name: str) -> str:
     """The Hub repo holding the weights of `model_name` ('architecture.tag') under the configured organisation."""
     return f'{os.environ.get(HUB_ORG_ENV, "").strip() or DEFAULT_HUB_ORG}/{model_name}'
+
+
+def _checkpoint_problem(path: Path, error: Exception) -> str:
+    """What is wrong with a weight file that did not load, in words, from its first bytes and the error."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    zipped, pickled, safetensors = head[:4] == b'PK\x03\x04', head[:1] == b'\x80', head[8:9] == b'{'
+    if not (zipped or pickled or safetensors):
+        return 'not a PyTorch or safetensors weight file'
+    text = str(error)
+    if 'weights_only' in text or 'Weights only' in text:
+        return 'it holds Python objects besides weights, which are not loaded (unsafe)'
+    return 'the file is truncated or corrupted'
+
+
+def read_checkpoint(path: PathLike, use_ema: bool = True) -> Dict[str, Any]:
+    """The state dict in a local weight file (EMA weights first unless `use_ema=False`), weights only.
+
+    Raises FileNotFoundError when there is no file, InvalidCheckpointError naming the file when it cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'No checkpoint file at {path}.')
+    try:
+        return load_state_dict(path, use_ema=use_ema)
+    except Exception as e:
+        raise InvalidCheckpointError(f'{path} is not a readable checkpoint: {_checkpoint_problem(path, e)}.') from e
+
+
+def _hub_offline() -> bool:
+    return bool(getattr(hub_constants, 'HF_HUB_OFFLINE', False))
+
+
+def _unreachable(url: str) -> Optional[str]:
+    """Why the host serving `url` cannot be reached (one quick connection, through the proxy if one applies), or
+    None when it answers."""
+    parsed = urllib.parse.urlparse(url)
+    host, port = parsed.hostname or '', parsed.port or (443 if parsed.scheme == 'https' else 80)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxied = urllib.parse.urlparse(proxy if '://' in proxy else f'http://{proxy}')
+        host, port = proxied.hostname or '', proxied.port or 80
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as e:
+        return f'{host}:{port}: {e.strerror or e}'
+    return None
 
 
 def _cached_hub_file(repo_id: str, revision: Optional[str], cache_dir: Optional[PathLike]) -> Optional[str]:
@@ -57,15 +121,17 @@ def _download_hub_file(repo_id: str, revision: Optional[str], cache_dir: Optiona
     return hf_hub_download(repo_id, HUB_WEIGHT_FILES[-1], revision=revision, cache_dir=cache_dir)
 
 
-def _download_url_file(url: str, cache_dir: Optional[PathLike]) -> str:
+def _url_cache_path(url: str, cache_dir: Optional[PathLike]) -> Path:
     directory = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / 'checkpoints'
-    path = directory / os.path.basename(urllib.parse.urlparse(url).path)
-    if not path.is_file():
-        directory.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, str(path), progress=False)  # into a temp file, moved when complete
-        except OSError as e:
-            raise OSError(f'Could not download {url} ({e}).') from e
+    return directory / os.path.basename(urllib.parse.urlparse(url).path)
+
+
+def _download_url_file(url: str, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=False)  # into a temp file, moved when complete
+    except OSError as e:
+        raise WeightsUnavailableError(f'Could not download {url} ({e}).') from e
     return str(path)
 
 
@@ -88,6 +154,18 @@ def _checked(path: str, source: str, validate: Callable[[Dict[str, Any]], None])
     return path
 
 
+def cached_weights(pretrained_cfg: Dict[str, Any], cache_dir: Optional[PathLike] = None) -> Optional[str]:
+    """The local file holding a pretrained cfg's weights if it is cached already (Hub cache, then release file)."""
+    hub_id, url = pretrained_cfg.get('hf_hub_id'), pretrained_cfg.get('url')
+    if hub_id:
+        path = _cached_hub_file(*hf_split(hub_id), cache_dir)
+        if path:
+            return path
+    if url and _url_cache_path(url, cache_dir).is_file():
+        return str(_url_cache_path(url, cache_dir))
+    return None
+
+
 def fetch_pretrained_file(
         pretrained_cfg: Dict[str, Any],
         validate: Callable[[Dict[str, Any]], None],
@@ -95,7 +173,9 @@ def fetch_pretrained_file(
 ) -> Optional[str]:
     """Local path of checked weights for a pretrained cfg: from the Hub, else from the release URL.
 
-    Returns None when the cfg brings its own `file` or `state_dict` for timm to load.
+    Returns None when the cfg brings its own `file` or `state_dict` for timm to load. Raises
+    WeightsUnavailableError, in one line naming each source and why it failed, when neither is cached nor
+    reachable.
 
     Args:
         pretrained_cfg: A resolved timm pretrained cfg (dict).
@@ -105,22 +185,46 @@ def fetch_pretrained_file(
     from_hub_name = pretrained_cfg.get('source') == 'hf-hub'  # created as 'hf-hub:ORG/REPO'
     if pretrained_cfg.get('state_dict') is not None or (pretrained_cfg.get('file') and not from_hub_name):
         return None
-    name = '.'.join(filter(None, (pretrained_cfg.get('architecture'), pretrained_cfg.get('tag'))))
+    name = '.'.join(filter(None, (pretrained_cfg.get('architecture'), pretrained_cfg.get('tag')))) or 'this model'
     hub_id, url = pretrained_cfg.get('hf_hub_id'), pretrained_cfg.get('url')
+    failures = []
     if hub_id:
         repo_id, revision = hf_split(hub_id)
-        try:
-            path = _cached_hub_file(repo_id, revision, cache_dir) or _download_hub_file(repo_id, revision, cache_dir)
-        except _HUB_MISSING as e:
-            if from_hub_name or not url:
-                raise
-            _logger.warning(
-                f'{name}: {hub_id} is not on the Hugging Face Hub ({type(e).__name__}); '
-                f'falling back to the official release file {url}, converted on the fly.')
-        else:
-            _logger.info(f'{name}: loading weights from the Hugging Face Hub ({hub_id}).')
+        path = _cached_hub_file(repo_id, revision, cache_dir)
+        if path:
+            _logger.info(f'{name}: loading weights from the Hugging Face Hub cache ({hub_id}).')
             return _checked(path, f'the Hugging Face Hub ({hub_id})', validate)
-    if url:
-        _logger.info(f'{name}: loading weights from the official release ({url}).')
-        return _checked(_download_url_file(url, cache_dir), url, validate)
-    raise RuntimeError(f'No pretrained weights are available for {name or "this model"}.')
+        problem = 'HF_HUB_OFFLINE is set' if _hub_offline() else _unreachable(hub_constants.ENDPOINT)
+        if problem:
+            failures.append(f'{hub_id} is not in the local cache and the Hugging Face Hub cannot be reached '
+                            f'({problem})')
+        else:
+            try:
+                path = _download_hub_file(repo_id, revision, cache_dir)
+            except _HUB_MISSING as e:
+                if from_hub_name or not url:
+                    raise
+                _logger.warning(
+                    f'{name}: {hub_id} is not on the Hugging Face Hub ({type(e).__name__}); '
+                    f'falling back to the official release file {url}, converted on the fly.')
+            else:
+                _logger.info(f'{name}: loading weights from the Hugging Face Hub ({hub_id}).')
+                return _checked(path, f'the Hugging Face Hub ({hub_id})', validate)
+    if url and not from_hub_name:
+        cached = _url_cache_path(url, cache_dir)
+        if cached.is_file():
+            _logger.info(f'{name}: loading weights from the official release, cached ({cached}).')
+            return _checked(str(cached), url, validate)
+        problem = 'HF_HUB_OFFLINE is set' if _hub_offline() else _unreachable(url)
+        if not problem:
+            _logger.info(f'{name}: loading weights from the official release ({url}).')
+            return _checked(_download_url_file(url, cached), url, validate)
+        failures.append(f'the release file {url} is not cached and cannot be downloaded ({problem})')
+    if failures:
+        raise WeightsUnavailableError(
+            f'No pretrained weights for {name} here: ' + '; '.join(failures) + '. Connect to the internet, or load '
+            f"weights you have with pretrained_cfg_overlay=dict(file='PATH') (checkpoint_path for a training "
+            f'checkpoint).')
+    raise RuntimeError(f'No pretrained weights are available for {name}.')
+
+register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

@@ -15,10 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerType, get_act_layer, get_norm_layer
-from timm.models import load_state_dict
 from torch.jit import Final
 
+from _timm_t2t_autoload import register_with_timm
+
 from ._compat import make_layer
+from .hub import read_checkpoint
 from .t2t_vit import (
     DEFAULT_SOFT_SPLITS,
     TokensToToken,
@@ -180,7 +182,7 @@ class T2TPatchEmbed(nn.Module):
         """
         source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else None
         if source is not None:
-            checkpoint = load_state_dict(source, use_ema=use_ema)
+            checkpoint = read_checkpoint(source, use_ema=use_ema)
         elif not use_ema:
             checkpoint = {k: v for k, v in checkpoint.items() if k not in ('state_dict_ema', 'model_ema')}
         state_dict = _adapt_in_chans(normalize_state_dict(dict(checkpoint)), self)
@@ -213,3 +215,5 @@ class T2TPatchEmbed(nn.Module):
             return x
         x = x.reshape(x.shape[0], grid[0], grid[1], x.shape[-1])
         return x if self.output_nhwc else x.permute(0, 3, 1, 2)
+
+register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

@@ -993,6 +993,33 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: T2TViT) -> Dict[str,
     return _adapt_in_chans(state_dict, model)
 
 
+def model_args_from_state_dict(
+        state_dict: Mapping[str, torch.Tensor],
+        soft_splits: Optional[Sequence[Sequence[int]]] = None,
+) -> Dict[str, Any]:
+    """The classes, channels and (square) input size a normalized state dict was made for, read from its weights.
+
+    Args:
+        state_dict: Weights in this model's key format (see `normalize_state_dict`).
+        soft_splits: The model's soft splits if not the default ones (they set the stride and first kernel).
+    """
+    soft_splits = soft_splits or DEFAULT_SOFT_SPLITS
+    args = {}
+    first = state_dict.get('tokens_to_token.attention1.attn.qkv.weight')
+    if first is not None:
+        args['in_chans'] = first.shape[1] // soft_splits[0][0] ** 2
+    elif 'tokens_to_token.convs.0.weight' in state_dict:
+        args['in_chans'] = state_dict['tokens_to_token.convs.0.weight'].shape[1]
+    if 'head.weight' in state_dict:
+        args['num_classes'] = state_dict['head.weight'].shape[0]
+    if 'pos_embed' in state_dict:
+        num_tokens = state_dict['pos_embed'].shape[1] - 1
+        side = math.isqrt(num_tokens)
+        if side * side == num_tokens:
+            args['img_size'] = side * math.prod(s[1] for s in soft_splits)
+    return args
+
+
 def check_t2t_checkpoint(checkpoint: Dict[str, Any]) -> None:
     """Raise a ValueError unless a loaded checkpoint holds T2T-ViT weights (in reference or timm format)."""
     state_dict = normalize_state_dict(checkpoint)
