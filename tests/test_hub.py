@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,40 @@ def test_card_quotes_the_paper_only_for_a_released_configuration(tmp_path, img_s
     assert f'Image size: {img_size} x {img_size}' in card
     assert ('Top-1 accuracy (%), paper: 71.7' in card) == quoted
     assert ('weights released with the reference implementation' in card) == quoted
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_unreachable_sources_fail_fast_naming_each(tmp_path):
+    """No retries against hosts that refuse: one line naming the Hub and the release file, and why."""
+    endpoint = f'http://127.0.0.1:{_closed_port()}'
+    env = dict(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / 'hf'), TORCH_HOME=str(tmp_path / 'torch'),
+               TIMM_T2T_HUB_ORG='testorg', NO_PROXY='127.0.0.1')
+    url = f'{endpoint}/releases/71.7_T2T_ViT_7.pth.tar'
+    start = time.perf_counter()
+    result = _load(env, pretrained_cfg_overlay=dict(url=url))
+    assert time.perf_counter() - start < 30  # an interpreter start and a model build; huggingface_hub retried ~50 s
+    assert result['error'] == 'WeightsUnavailableError'
+    port = endpoint.rsplit(':', 1)[1]
+    assert result['message'].startswith(
+        f'No pretrained weights for t2t_vit_7.in1k here: testorg/t2t_vit_7.in1k is not in the local cache and the '
+        f'Hugging Face Hub cannot be asked (127.0.0.1:{port}: Connection refused); the release file {url} is not '
+        f'cached and cannot be downloaded (127.0.0.1:{port}: Connection refused). Connect to the internet')
+    assert '\n' not in result['message']
+
+
+def test_offline_mode_uses_the_caches_only(env, hub, release):
+    url, reference = release
+    offline = {**env, 'HF_HUB_OFFLINE': '1'}
+    result = _load(offline, pretrained_cfg_overlay=dict(url=url))
+    assert result['error'] == 'WeightsUnavailableError' and 'HF_HUB_OFFLINE is set: no downloads' in result['message']
+    assert hub.requests == []
+    _load(env, pretrained_cfg_overlay=dict(url=url))  # online: the release file lands in torch.hub's cache
+    hub.requests.clear()
+    _assert_logits(_load(offline, pretrained_cfg_overlay=dict(url=url)), _logits(reference, _inputs()))
+    assert hub.requests == []

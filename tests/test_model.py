@@ -220,3 +220,27 @@ def test_fused_attention_follows_timms_switch(t2t_layer):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fused.eval()(x), eager.eval()(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('make_input, message', [
+    (lambda: torch.randn(3, 64, 64), r'Expected a batch of images \(B, 3, H, W\), got a tensor of shape \(3, 64, 64\): '
+                                     r'add the batch dimension with x\.unsqueeze\(0\)\.$'),
+    (lambda: torch.randn(64, 64), r'Expected a batch of images \(B, 3, H, W\), got a tensor of shape \(64, 64\)\.$'),
+    (lambda: torch.randn(2, 64, 64, 3), r'Expected images with 3 channels \(B, 3, H, W\), got shape \(2, 64, 64, 3\): '
+                                        r'the channels look last, permute them with x\.permute\(0, 3, 1, 2\)\.$'),
+    (lambda: torch.randn(2, 1, 64, 64), r'Expected images with 3 channels \(B, 3, H, W\), got shape \(2, 1, 64, 64\), '
+                                        r'or create the model with in_chans=1\.$'),
+    (lambda: torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8),
+     r'Expected a floating-point image tensor, got uint8: convert it with x\.float\(\) / 255'),
+])
+@pytest.mark.parametrize('entry', ['forward', 'forward_features', 'forward_intermediates'])
+def test_wrong_inputs_are_one_line_errors(small_model, make_input, message, entry):
+    with pytest.raises(ValueError, match=message) as error:
+        getattr(small_model, entry)(make_input())
+    assert '\n' not in str(error.value)
+
+
+def test_wrong_inputs_are_named_in_torchscript_too(small_model):
+    scripted = torch.jit.script(small_model)
+    with pytest.raises(Exception, match=r'got a tensor of shape \(3, 64, 64\)'):
+        scripted(torch.randn(3, 64, 64))

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _timm_t2t_autoload import register_with_timm
 
+from .blocks import Transition
 from .hub import cached_weights
 
 __all__ = ['PAPER_MODEL_STATS', 'PAPER_TOP1', 'ModelStats', 'describe_model', 'measure', 'variants']
@@ -85,7 +86,7 @@ def variants() -> List[Dict[str, Any]]:
             model=name,
             stem=_stem(model),
             width=model.embed_dim,
-            depth=len(model.blocks),
+            depth=sum(not isinstance(block, Transition) for block in model.blocks),
             params=stats.params,
             macs=stats.macs,
             input_size=list(stats.input_size),

@@ -1,34 +1,91 @@
-"""The `timm-t2t` command: classify images with a T2T-ViT, convert reference checkpoints for the Hub."""
+"""The `timm-t2t` command: list and describe the models, classify images, convert reference checkpoints.
+
+Arguments are parsed before torch and timm are imported, so `--help` and usage errors answer at once. Every
+failure is one line on stderr (`timm-t2t COMMAND: error: ...`) and exit status 1.
+"""
 import argparse
+import ast
 import logging
 import sys
+import warnings
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 __all__ = ['main']
 
 _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
 
-  timm-t2t classify IMAGE...                        top-k ImageNet classes of images
+  timm-t2t list                                     the variants: size, cost, pretrained tags, cached weights
+  timm-t2t info MODEL                               a model's config, feature pyramid and weight sources
+  timm-t2t classify IMAGE_OR_FOLDER...              top-k classes of images
   timm-t2t convert CHECKPOINT OUT_DIR --model NAME  a reference checkpoint as a Hugging Face Hub folder
+
+Run `timm-t2t COMMAND --help` for a command's options.
 """
+_OFFLINE_ADVICE = ('Pass weights you have with --weights FILE, or train the offline digits model '
+                   '(python benchmarks/small_data.py) and classify with --weights runs/digits/t2t_vit_7.')
+
+
+class _KeyValues(argparse.Action):
+    """Collect KEY=VALUE arguments into a dict, VALUE read as a Python literal when it is one."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        kwargs: Dict[str, Any] = {}
+        for item in values:
+            key, sep, value = item.partition('=')
+            if not sep or not key:
+                parser.error(f'{option_string} takes KEY=VALUE pairs, got {item!r}')
+            try:
+                kwargs[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                kwargs[key] = value
+        setattr(namespace, self.dest, kwargs)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+    return value
+
+
+def _add_list(subparsers) -> None:
+    parser = subparsers.add_parser(
+        'list', help='list the T2T-ViT variants',
+        description='Every registered T2T-ViT variant: its stem, width and depth, parameters and MACs (measured on '
+                    'the model at its input size), and its pretrained tags with the paper\'s top-1 and whether the '
+                    'weights are in the local cache.')
+    parser.add_argument('--json', action='store_true', help='print JSON instead of a table')
+
+
+def _add_info(subparsers) -> None:
+    parser = subparsers.add_parser(
+        'info', help='describe one model',
+        description='A model\'s resolved pretrained config, input size, feature pyramid (channels and strides of '
+                    'features_only) and where its weights come from (Hub repo, release URL, local cache).')
+    parser.add_argument('model', help='model name, optionally with a pretrained tag, e.g. t2t_vit_14.in1k_384')
+    parser.add_argument('--json', action='store_true', help='print JSON instead of text')
 
 
 def _add_classify(subparsers) -> None:
     parser = subparsers.add_parser(
-        'classify', help='classify images with a pretrained T2T-ViT',
-        description='Print the most likely classes of each image under a pretrained T2T-ViT.')
-    parser.add_argument('images', nargs='+', type=Path, metavar='IMAGE', help='image files (any format Pillow reads)')
-    parser.add_argument('--model', default='t2t_vit_14', help='model name with optional pretrained tag '
-                        '(default: %(default)s; list them with python -c "import timm; '
-                        'print(timm.list_pretrained(\'t2t_vit*\'))")')
+        'classify', help='classify images with a T2T-ViT',
+        description='Print the most likely classes of images under a T2T-ViT: pretrained weights (downloaded on '
+                    'first use), a checkpoint file or a saved model folder. Folders are searched recursively.')
+    parser.add_argument('images', nargs='+', type=Path, metavar='IMAGE_OR_FOLDER', help='image files or folders')
+    parser.add_argument('--model', default=None, help='model name with optional pretrained tag (default: '
+                        't2t_vit_14; a saved model folder names its own); see `timm-t2t list`')
     parser.add_argument('--weights', type=Path, help='load weights from this checkpoint file (reference or timm '
-                        'format) instead of downloading them')
-    parser.add_argument('--top-k', type=int, default=5, help='classes to print per image (default: %(default)s)')
+                        'format) or model folder (config.json + model.safetensors) instead of downloading them')
+    parser.add_argument('--top-k', type=_positive_int, default=5, help='classes per image (default: %(default)s)')
+    parser.add_argument('--batch-size', type=_positive_int, default=16,
+                        help='images per forward pass (default: %(default)s)')
+    parser.add_argument('--output', type=Path, help='also write the predictions to this .csv or .json file')
+    parser.add_argument('--no-progress', dest='progress', action='store_false',
+                        help='no progress bar (shown on a terminal for more than one batch)')
 
 
 def _add_convert(subparsers) -> None:
-    from timm.utils import ParseKwargs
     parser = subparsers.add_parser(
         'convert', help='convert a reference checkpoint to a Hugging Face Hub folder',
         description='Convert a checkpoint released with (or trained by) the reference T2T-ViT code into timm\'s '
@@ -39,8 +96,9 @@ def _add_convert(subparsers) -> None:
                         'state_dict_ema or net entries, DataParallel prefixes allowed)')
     parser.add_argument('output_dir', type=Path, help='folder to write; must not exist or be empty')
     parser.add_argument('--model', required=True, help='T2T-ViT entry point, optionally with the pretrained tag '
-                        'whose config the folder should carry, e.g. t2t_vit_14 or t2t_vit_14.in1k_384')
-    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                        'whose config the folder should carry, e.g. t2t_vit_14 or t2t_vit_14.in1k_384; the card '
+                        'quotes the paper only for a named tag')
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=_KeyValues, metavar='KEY=VALUE',
                         help='extra model arguments for architectures other than the entry point\'s own, '
                              'e.g. depth=12 embed_dim=256')
     parser.add_argument('--no-ema', dest='use_ema', action='store_false',
@@ -50,27 +108,80 @@ def _add_convert(subparsers) -> None:
     parser.add_argument('--token', help='Hugging Face token (default: the one huggingface_hub finds)')
 
 
-def _classify(args: argparse.Namespace) -> None:
-    import timm
-    import torch
-    from PIL import Image
-    from timm.data import ImageNetInfo, create_transform, resolve_data_config
+def _millions(count: int) -> str:
+    return f'{count / 1e6:.1f}M'
 
-    overlay = dict(file=str(args.weights)) if args.weights else None
-    if args.weights and not args.weights.is_file():
-        raise FileNotFoundError(f'No checkpoint file at {args.weights}.')
-    model = timm.create_model(args.model, pretrained=True, pretrained_cfg_overlay=overlay).eval()
-    transform = create_transform(**resolve_data_config(model=model))
-    labels = ImageNetInfo() if model.num_classes == 1000 else None
-    for path in args.images:
-        if not path.is_file():
-            raise FileNotFoundError(f'No image file at {path}.')
-        with torch.no_grad():
-            probs = model(transform(Image.open(path).convert('RGB')).unsqueeze(0)).softmax(dim=-1)[0]
-        top = probs.topk(min(args.top_k, probs.numel()))
-        print(f'{path}:')
-        for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            print(f'  {p:7.2%}  {labels.index_to_description(i) if labels else f"class {i}"}')
+
+def _list(args: argparse.Namespace) -> None:
+    import json
+
+    from .catalog import variants
+
+    rows = variants()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    header = f'{"model":20} {"stem":12} {"width":>5} {"depth":>5} {"params":>7} {"GMACs":>6}  pretrained tags ' \
+             f'(paper top-1, * = weights cached)'
+    print(header)
+    print('-' * len(header))
+    for row in rows:
+        tags = ', '.join(
+            f'{t["tag"]}{"*" if t["cached"] else ""}' + (f' ({t["top1"]})' if t['top1'] is not None else '')
+            for t in row['tags']) or '-'
+        print(f'{row["model"]:20} {row["stem"]:12} {row["width"]:5} {row["depth"]:5} {_millions(row["params"]):>7} '
+              f'{row["macs"] / 1e9:6.2f}  {tags}')
+    print('\nMACs at each model\'s input size (224 x 224). `timm-t2t info MODEL` for more.')
+
+
+def _info(args: argparse.Namespace) -> None:
+    import json
+
+    from .catalog import describe_model
+
+    info = describe_model(args.model)
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+        return
+    channels, height, width = info['input_size']
+    print(f'{info["model"]}: {info["stem"]} stem, {_millions(info["params"])} parameters, '
+          f'{info["macs"] / 1e9:.2f} GMACs at {height} x {width}')
+    print(f'input: {channels} x {height} x {width}')
+    print('feature pyramid (features_only): ' + ', '.join(
+        f'{f["channels"]} channels at stride {f["stride"]}' for f in info['feature_pyramid']))
+    weights = info['weights']
+    if weights is None:
+        print('weights: none released (train it, or load your own checkpoint)')
+    else:
+        print(f'weights: Hugging Face Hub {weights["hub"]}, falling back to {weights["release_url"]}')
+        print(f'         {"cached at " + weights["cached"] if weights["cached"] else "not in the local cache"}'
+              + (f'; paper top-1 {weights["paper_top1"]}' if weights['paper_top1'] is not None else ''))
+    print('pretrained config:')
+    for key, value in info['pretrained_cfg'].items():
+        print(f'  {key}: {value}')
+
+
+def _classify(args: argparse.Namespace) -> None:
+    from .hub import WeightsUnavailableError
+    from .predict import classify, find_images, load_classifier, write_predictions
+
+    images = find_images(args.images)  # inputs first: a typo fails before any download
+    if args.output is not None and args.output.suffix.lower() not in ('.csv', '.json'):
+        raise ValueError(f'Cannot tell the format of {args.output}: name it .csv or .json.')
+    try:
+        model = load_classifier(args.model or ('t2t_vit_14' if args.weights is None else None), args.weights)
+    except WeightsUnavailableError as e:
+        raise WeightsUnavailableError(e.problem, _OFFLINE_ADVICE) from e
+    show_progress = args.progress and sys.stderr.isatty() and len(images) > args.batch_size
+    predictions = []
+    for prediction in classify(model, images, args.batch_size, args.top_k, progress=show_progress):
+        predictions.append(prediction)
+        print(f'{prediction.path}:')
+        for prob, label in zip(prediction.probabilities, prediction.labels):
+            print(f'  {prob:7.2%}  {label}')
+    if args.output is not None:
+        write_predictions(predictions, args.output)
+        print(f'Wrote {len(predictions)} predictions to {args.output}.')
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -84,18 +195,37 @@ def _convert(args: argparse.Namespace) -> None:
         print(f'Pushed to {push_folder(folder, args.push_to_hub, private=args.private, token=args.token)}')
 
 
+_COMMANDS = {'list': _list, 'info': _info, 'classify': _classify, 'convert': _convert}
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """The command's own messages once, on stderr; the libraries' deprecation notices not at all."""
+    warnings.filterwarnings('ignore', category=FutureWarning)
+    warnings.filterwarnings('ignore', category=DeprecationWarning)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    logger = logging.getLogger('timm_t2t')
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(
         prog='timm-t2t', description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-v', '--verbose', action='store_true', help='say where weights come from, and more')
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+    _add_list(subparsers)
+    _add_info(subparsers)
     _add_classify(subparsers)
     _add_convert(subparsers)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    _quiet_libraries(args.verbose)
     try:
-        {'classify': _classify, 'convert': _convert}[args.command](args)
+        _COMMANDS[args.command](args)
     except (OSError, ValueError, RuntimeError) as e:  # expected failures: one line, no traceback
-        sys.exit(f'timm-t2t {args.command}: error: {e}')
+        message = ' '.join(str(e).split()) or type(e).__name__
+        sys.exit(f'timm-t2t {args.command}: error: {message}')
 
 
 if __name__ == '__main__':

@@ -40,6 +40,7 @@ HUB_WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')  # as timm writes 
 # the Hub has no such repo, revision or weight file (locally too, when offline): try the release file
 _HUB_MISSING = (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
 CONNECT_TIMEOUT = 5.  # seconds to wait for one connection to a weight host before calling it unreachable
+_OFFLINE = 'HF_HUB_OFFLINE is set: no downloads'
 
 PathLike = Union[str, Path]
 
@@ -49,7 +50,15 @@ class InvalidCheckpointError(ValueError):
 
 
 class WeightsUnavailableError(OSError):
-    """Pretrained weights are neither in the local cache nor downloadable from here (offline, unreachable)."""
+    """Pretrained weights are neither in the local cache nor downloadable from here (offline, unreachable).
+
+    `problem` says which sources failed and why; the message adds what to do about it.
+    """
+
+    def __init__(self, problem: str, advice: str = "Connect to the internet, or load weights you have with "
+                                                   "pretrained_cfg_overlay=dict(file='PATH').") -> None:
+        super().__init__(f'{problem} {advice}')
+        self.problem = problem
 
 
 def hub_repo_id(model_name: str) -> str:
@@ -194,10 +203,9 @@ def fetch_pretrained_file(
         if path:
             _logger.info(f'{name}: loading weights from the Hugging Face Hub cache ({hub_id}).')
             return _checked(path, f'the Hugging Face Hub ({hub_id})', validate)
-        problem = 'HF_HUB_OFFLINE is set' if _hub_offline() else _unreachable(hub_constants.ENDPOINT)
+        problem = _OFFLINE if _hub_offline() else _unreachable(hub_constants.ENDPOINT)
         if problem:
-            failures.append(f'{hub_id} is not in the local cache and the Hugging Face Hub cannot be reached '
-                            f'({problem})')
+            failures.append(f'{hub_id} is not in the local cache and the Hugging Face Hub cannot be asked ({problem})')
         else:
             try:
                 path = _download_hub_file(repo_id, revision, cache_dir)
@@ -215,16 +223,13 @@ def fetch_pretrained_file(
         if cached.is_file():
             _logger.info(f'{name}: loading weights from the official release, cached ({cached}).')
             return _checked(str(cached), url, validate)
-        problem = 'HF_HUB_OFFLINE is set' if _hub_offline() else _unreachable(url)
+        problem = _OFFLINE if _hub_offline() else _unreachable(url)
         if not problem:
             _logger.info(f'{name}: loading weights from the official release ({url}).')
             return _checked(_download_url_file(url, cached), url, validate)
         failures.append(f'the release file {url} is not cached and cannot be downloaded ({problem})')
     if failures:
-        raise WeightsUnavailableError(
-            f'No pretrained weights for {name} here: ' + '; '.join(failures) + '. Connect to the internet, or load '
-            f"weights you have with pretrained_cfg_overlay=dict(file='PATH') (checkpoint_path for a training "
-            f'checkpoint).')
+        raise WeightsUnavailableError(f'No pretrained weights for {name} here: {"; ".join(failures)}.')
     raise RuntimeError(f'No pretrained weights are available for {name}.')
 
 register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

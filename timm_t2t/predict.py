@@ -1,0 +1,207 @@
+"""Classify image files with a T2T-ViT: a pretrained tag, a checkpoint file or a saved model folder.
+
+    model = load_classifier('t2t_vit_14')                                  # pretrained weights (Hub / release)
+    model = load_classifier(weights='71.7_T2T_ViT_7.pth.tar')              # a checkpoint (reference or timm)
+    model = load_classifier(weights='runs/digits/t2t_vit_7')                # a folder written by save_for_hf
+    for prediction in classify(model, find_images(['photos/']), batch_size=16):
+        ...
+"""
+import csv
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+from PIL import Image, UnidentifiedImageError
+from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+from _timm_t2t_autoload import register_with_timm
+
+from ._compat import create_model_from_folder
+from .hub import read_checkpoint
+from .t2t_vit import check_t2t_checkpoint, model_args_from_state_dict, normalize_state_dict
+
+__all__ = ['Prediction', 'classify', 'find_images', 'infer_variant', 'load_classifier', 'write_predictions']
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+
+@dataclasses.dataclass
+class Prediction:
+    """The top classes of one image, most likely first: (class index, label, probability)."""
+    path: str
+    classes: List[int]
+    labels: List[str]
+    probabilities: List[float]
+
+
+def find_images(paths: Iterable[PathLike]) -> List[Path]:
+    """The image files named, and those in the folders named (recursively, by extension), in order.
+
+    Raises FileNotFoundError for a path that does not exist and ValueError when no image is found.
+    """
+    extensions = set(Image.registered_extensions())
+    images = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            images += sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in extensions)
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise FileNotFoundError(f'No such image file or folder: {path}')
+    if not images:
+        raise ValueError(f'No image files in {", ".join(map(str, paths))}.')
+    return images
+
+
+# weights whose shape depends on the input size, channels or classes rather than on the architecture
+_ADAPTED = ('pos_embed', 'head.', 'tokens_to_token.attention1.norm1.', 'tokens_to_token.attention1.attn.qkv.',
+            'tokens_to_token.convs.0.')
+
+
+def _architecture(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state_dict.items() if not k.startswith(_ADAPTED)}
+
+
+def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The registered T2T-ViT variant whose architecture a normalized state dict fits: one with released weights
+    first when several fit (e.g. t2t_vit_14 and t2t_vit_14_resnext differ only in heads)."""
+    target = _architecture(state_dict)
+    fitting = [
+        name for name in timm.list_models('t2t_vit*')
+        if _architecture(timm.create_model(name, device='meta').state_dict()) == target]
+    if not fitting:
+        raise ValueError('The checkpoint fits no registered T2T-ViT variant; name its architecture with a model name.')
+    fitting.sort(key=lambda name: (not timm.list_pretrained(f'{name}.*'), name))
+    if len(fitting) > 1:
+        _logger.warning(f'The checkpoint fits {", ".join(fitting)}; using {fitting[0]} (name another to choose).')
+    return fitting[0]
+
+
+def _model_from_checkpoint(model_name: Optional[str], path: Path) -> torch.nn.Module:
+    state_dict = read_checkpoint(path)
+    try:
+        check_t2t_checkpoint(state_dict)
+    except ValueError as e:
+        raise ValueError(f'{path} is not a T2T-ViT checkpoint: {e}') from e
+    state_dict = normalize_state_dict(state_dict)
+    model_name = model_name or infer_variant(state_dict)
+    args = model_args_from_state_dict(state_dict)
+    overlay = dict(file=str(path))
+    if 'num_classes' in args:
+        overlay['num_classes'] = args['num_classes']
+    if 'img_size' in args:
+        overlay['input_size'] = (args.get('in_chans', 3), args['img_size'], args['img_size'])
+    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **args)
+
+
+def load_classifier(model_name: Optional[str] = 't2t_vit_14', weights: Optional[PathLike] = None) -> torch.nn.Module:
+    """A T2T-ViT in eval mode with its weights: `model_name`'s pretrained ones, or those of `weights`, a checkpoint
+    file (its classes, channels and input size are read from it, and the variant too unless `model_name` says) or a
+    folder written by `save_for_hf` (which names its own architecture)."""
+    if model_name and not timm.is_model(model_name.split('.')[0]):
+        raise ValueError(f'Unknown model {model_name!r}; `timm-t2t list` shows the T2T-ViT variants.')
+    if weights is None:
+        return timm.create_model(model_name, pretrained=True).eval()
+    weights = Path(weights)
+    if weights.is_dir():
+        if not (weights / 'config.json').is_file():
+            raise FileNotFoundError(f'{weights} is a folder without config.json: not a saved model folder.')
+        model = create_model_from_folder(weights)
+        architecture = model.pretrained_cfg.get('architecture')
+        if model_name and model_name.split('.')[0] != architecture:
+            raise ValueError(f'{weights} holds a {architecture}, not a {model_name}; leave out the model name.')
+        return model.eval()
+    return _model_from_checkpoint(model_name, weights).eval()
+
+
+def _label_names(model: torch.nn.Module) -> List[str]:
+    names = model.pretrained_cfg.get('label_names')
+    if names and len(names) == model.num_classes:
+        return [str(n) for n in names]
+    if model.num_classes == 1000:
+        info = ImageNetInfo()
+        return [info.index_to_description(i) for i in range(1000)]
+    return [f'class {i}' for i in range(model.num_classes)]
+
+
+def _read_image(path: Path, mode: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f'{path} is not an image Pillow can read ({type(e).__name__}).') from e
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, unit='img', file=sys.stderr, leave=False)
+
+
+def classify(
+        model: torch.nn.Module,
+        images: Sequence[Path],
+        batch_size: int = 16,
+        top_k: int = 5,
+        progress: bool = False,
+) -> Iterator[Prediction]:
+    """Top-k predictions for each image, computed in batches with the model's own data config.
+
+    Args:
+        model: A classifier in eval mode.
+        images: Image files.
+        batch_size: Images per forward pass.
+        top_k: Classes kept per image.
+        progress: Show a progress bar on stderr.
+    """
+    if batch_size < 1 or top_k < 1:
+        raise ValueError(f'batch_size and top_k must be at least 1, got {batch_size} and {top_k}.')
+    config = resolve_data_config(model=model)
+    in_chans = config['input_size'][0]
+    if in_chans not in (1, 3):
+        raise ValueError(f'Images are read as RGB or grayscale; this model takes {in_chans} channels.')
+    transform = create_transform(**config)
+    labels = _label_names(model)
+    mode = 'RGB' if in_chans == 3 else 'L'
+    bar = _progress(len(images), progress)
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = images[start:start + batch_size]
+            x = torch.stack([transform(_read_image(path, mode)) for path in batch])
+            with torch.inference_mode():
+                probs = model(x).softmax(dim=-1)
+            top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+            for path, values, indices in zip(batch, top.values.tolist(), top.indices.tolist()):
+                yield Prediction(str(path), indices, [labels[i] for i in indices], values)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def write_predictions(predictions: Sequence[Prediction], path: PathLike) -> None:
+    """Write predictions as JSON (a list of objects) or CSV (one row per image and rank), chosen by the suffix."""
+    path = Path(path)
+    if path.suffix.lower() == '.json':
+        path.write_text(json.dumps([dataclasses.asdict(p) for p in predictions], indent=1), encoding='utf-8')
+    elif path.suffix.lower() == '.csv':
+        with open(path, 'w', newline='', encoding='utf-8') as f:
+            writer = csv.writer(f)
+            writer.writerow(['path', 'rank', 'class', 'label', 'probability'])
+            for p in predictions:
+                for rank, (index, label, prob) in enumerate(zip(p.classes, p.labels, p.probabilities), start=1):
+                    writer.writerow([p.path, rank, index, label, f'{prob:.6f}'])
+    else:
+        raise ValueError(f'Cannot tell the format of {path}: name it .csv or .json.')
+
+
+register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now
