@@ -213,14 +213,17 @@ def export(model: torch.nn.Module, folder: Path, recipe: Recipe, model_args: Dic
 
 def run_timm_scripts(run: Run, scripts: Path, data: Path, out_dir: Path, recipe: Recipe) -> Dict[str, Any]:
     """Train and validate a registered model with timm's train.py and validate.py, same folder and recipe."""
+    # the scripts' --img-size sets the data; a fixed-size ViT is built for it through --model-kwargs
     common = ['--model', run.model, '--img-size', str(recipe.img_size), '--num-classes', str(len(DIGITS)),
               '--interpolation', 'bicubic', '--mean', *map(str, MEAN), '--std', *map(str, STD),
-              '--crop-pct', '1.0', '--workers', '0', '--device', 'cpu', *run.timm_script_args]
+              '--crop-pct', '1.0', '--workers', '0', '--device', 'cpu', *run.timm_script_args,
+              '--model-kwargs', f'img_size={recipe.img_size}']
     train_args = [
         sys.executable, str(scripts / 'train.py'), str(data), '--train-split', 'train', '--val-split', 'val',
         '-b', str(recipe.batch_size), '--epochs', str(recipe.epochs), '--opt', 'adamw', '--lr', str(recipe.lr),
         '--weight-decay', str(recipe.weight_decay), '--sched', 'cosine', '--warmup-epochs', str(recipe.warmup_epochs),
-        '--scale', *map(str, recipe.scale), '--hflip', '0', '--color-jitter', '0', '--seed', str(recipe.seed),
+        '--scale', *map(str, recipe.scale), '--hflip', '0', '--color-jitter', '0', '--smoothing', '0',
+        '--seed', str(recipe.seed),
         '--model-ema', '--model-ema-decay', str(recipe.ema_decay), '--model-ema-warmup',
         '--output', str(out_dir), '--experiment', run.model, '--checkpoint-hist', '1', *common]
     if recipe.amp:

@@ -4,6 +4,7 @@ import torch
 
 from timm_t2t import T2TViT
 
+from digits import DigitsModel, train_digits_model
 from parity_cases import PARITY_CASES, ParityCase, load_parity_case
 
 # A small architecture for API tests, run with both kinds of T2T layer.
@@ -32,3 +33,9 @@ def make_small_model(t2t_layer):
 def small_model(make_small_model) -> T2TViT:
     torch.manual_seed(0)
     return make_small_model()
+
+
+@pytest.fixture(scope='session')
+def digits_model(tmp_path_factory) -> DigitsModel:
+    """T2T-ViT-7 trained on the digits by the small-data experiment's recipe, once per session."""
+    return train_digits_model(tmp_path_factory.mktemp('digits'))

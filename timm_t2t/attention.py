@@ -66,7 +66,8 @@ def dot_product_attention(
 
 def _softmax_kernel_exponents(x: torch.Tensor, random_features: torch.Tensor) -> torch.Tensor:
     """Exponents x w^T - |x|^2 / 2 (B, L, m) of the positive random features of the softmax kernel."""
-    return x @ random_features.t() - 0.5 * (x * x).sum(dim=-1, keepdim=True)
+    exponents = F.linear(x, random_features)  # in-place updates below keep autograd's saved tensors intact
+    return exponents.sub_(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square().mul_(0.5))
 
 
 def _performer_attention_fp32(
@@ -77,19 +78,18 @@ def _performer_attention_fp32(
         eps: float,
 ) -> torch.Tensor:
     dtype = v.dtype
-    q, k, v, random_features = q.float(), k.float(), v.float(), random_features.float()
+    random_features = random_features.float()
     # exp(zq_i + zk_j) is computed as exp(zq_i + c - s_i) * exp(zk_j - c): c, the keys' maximum per feature, and
     # s_i, each query's maximum, cancel in the ratio below. Every factor is at most 1 and each query's largest
     # term is 1, so nothing overflows, the normalizer is at least 1, and only negligible terms can underflow.
-    k_exponents = _softmax_kernel_exponents(k, random_features)  # (B, L, m)
+    k_exponents = _softmax_kernel_exponents(k.float(), random_features)  # (B, L, m)
     key_max = k_exponents.amax(dim=-2, keepdim=True).detach()  # (B, 1, m)
-    k_features = torch.exp(k_exponents - key_max)
-    q_exponents = _softmax_kernel_exponents(q, random_features) + key_max
-    q_features = torch.exp(q_exponents - q_exponents.amax(dim=-1, keepdim=True).detach())
-    kv = k_features.transpose(-2, -1) @ v  # (B, m, D)
+    k_features = k_exponents.sub_(key_max).exp_()
+    q_exponents = _softmax_kernel_exponents(q.float(), random_features).add_(key_max)
+    q_features = q_exponents.sub_(q_exponents.amax(dim=-1, keepdim=True).detach()).exp_()
+    kv = k_features.transpose(-2, -1) @ v.float()  # (B, m, D)
     normalizer = q_features @ k_features.sum(dim=-2).unsqueeze(-1)  # (B, L, 1)
-    out = (q_features @ kv) / (normalizer + eps)
-    return out.to(dtype)
+    return ((q_features / normalizer.add_(eps)) @ kv).to(dtype)
 
 
 @torch.jit.unused

@@ -222,14 +222,19 @@ class SoftSplit(nn.Module):
     """Soft split: an overlapping unfold of an image (B, C, H, W) into tokens (B, L, C * k * k).
 
     Tokens are (row, column) patches flattened channel-major, as `F.unfold` orders them. They are gathered
-    straight into token-major layout: one copy, where unfold followed by a transpose to tokens needs two.
+    straight into token-major layout, in the order the input's memory favours: an image is read channel by
+    channel; a re-structurized token map (`token_map=True`: channels last in memory) is read pixel by pixel, whole
+    channel vectors at a time, and each patch transposed to channel-major after (several times faster than
+    reading it strided). Either order gives the same tokens for any input.
     """
+    token_map: Final[bool]
 
-    def __init__(self, kernel_size: int, stride: int, padding: int) -> None:
+    def __init__(self, kernel_size: int, stride: int, padding: int, token_map: bool = False) -> None:
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride
         self.padding = padding
+        self.token_map = token_map
 
     def feat_size(self, height: int, width: int) -> Tuple[int, int]:
         """Token grid (rows, columns) of an image of the given size."""
@@ -240,13 +245,17 @@ class SoftSplit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C = x.shape[0], x.shape[1]
+        k = self.kernel_size
         if self.padding:
             x = F.pad(x, [self.padding] * 4)
-        patches = x.unfold(2, self.kernel_size, self.stride).unfold(3, self.kernel_size, self.stride)
-        return patches.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C * self.kernel_size * self.kernel_size)
+        patches = x.unfold(2, k, self.stride).unfold(3, k, self.stride)  # (B, C, rows, cols, k, k)
+        if self.token_map:
+            pixel_major = patches.permute(0, 2, 3, 4, 5, 1).reshape(B, -1, k * k, C)
+            return pixel_major.transpose(-2, -1).reshape(B, -1, C * k * k)
+        return patches.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C * k * k)
 
     def extra_repr(self) -> str:
-        return f'kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}'
+        return f'kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, token_map={self.token_map}'
 
 
 def restructurize(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -299,9 +308,9 @@ class TokensToToken(nn.Module):
         kernels = [s[0] for s in soft_splits]
         self.soft_split0 = SoftSplit(*soft_splits[0])
         self.attention1 = TokenLayer(in_chans * kernels[0] ** 2, token_dim, **layer_args)
-        self.soft_split1 = SoftSplit(*soft_splits[1])
+        self.soft_split1 = SoftSplit(*soft_splits[1], token_map=True)
         self.attention2 = TokenLayer(token_dim * kernels[1] ** 2, token_dim, **layer_args)
-        self.soft_split2 = SoftSplit(*soft_splits[2])
+        self.soft_split2 = SoftSplit(*soft_splits[2], token_map=True)
         self.project = nn.Linear(token_dim * kernels[2] ** 2, embed_dim, bias=proj_bias, **dd)
         self.reductions = _cumulative_strides(soft_splits)
         self.map_info = [
