@@ -1,21 +1,29 @@
-"""Speed and memory of timm-t2t's T2T-ViT against the reference's math and timm's DeiT, in one process and one run.
+"""Speed of timm-t2t's T2T-ViT in every precision a user runs it in, against the reference's math and timm's ViTs,
+in one process and one run.
 
-For each configuration the implementations compared are timed interleaved, round by round, so every ratio comes from
-the same conditions; the median round is reported. Peak memory is the high-water mark of tensor memory allocated during
-one step (weights excluded): from the profiler's allocation events on CPU, from the caching allocator on CUDA. FLOPs
-per image are counted by torch's FlopCounterMode, and the fraction of peak compares achieved FLOP/s with a large fp32
-(or bf16) matmul timed in the same run.
+Each configuration is a group of (model, implementation, recipe) entries timed against each other, interleaved round
+by round, so every ratio comes from the same conditions; the median round is reported. The recipes are those of
+`benchmarks/recipes.py` (fp32, bf16 autocast, bf16 weights, bf16 compiled with inductor freezing, int8 dynamic and
+static quantization); training steps run in fp32 or under bf16 autocast. The competitors: this package's models,
+`benchmarks/reference_t2t.py` (the reference's math, eager), timm's `deit_small_patch16_224` (9.2 GFLOP/image against
+T2T-ViT-14's 9.57) and `vit_little_patch16_reg1_gap_256` (run at 224).
+
+Reported per entry: img/s, ms per step, FLOPs per image (counted once per model on the eager path), and the
+fraction of the matching matmul peak (fp32, bf16 or int8, each measured in the same run) the step achieves. For the
+configurations the targets are judged on, one profiled step splits the time into matrix multiplications (GEMMs,
+attention's matmuls and kernels, and the rest: a target that needs more than these can give is out of reach.
 
     python benchmarks/benchmark.py                 # CPU (and CUDA when present); table, JSON and PNG in benchmarks/results
     python benchmarks/benchmark.py --device cpu --quick
 
-Needs matplotlib for the plot (pip install -e ".[bench]").
+Needs matplotlib for the plot and torchao for int8-static (pip install -e ".[bench]").
 """
 import argparse
 import contextlib
 import dataclasses
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -28,28 +36,62 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import timm_t2t  # noqa: E402,F401  registers the models, installed or not
+from benchmarks.recipes import prepare  # noqa: E402
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config  # noqa: E402
 
 _logger = logging.getLogger('benchmark')
 
-# T2T-ViT models are this package's; REFERENCE is benchmarks/reference_t2t.py; DeiT models are timm's.
-EAGER, COMPILED, REFERENCE = 'eager', 'compiled', 'reference'
+OURS, REFERENCE, TIMM = 'this package', 'reference', 'timm'
+FUSED_FORCED = 'this package, TIMM_FUSED_ATTN=1'
+DEIT_S, VIT_LITTLE = 'deit_small_patch16_224', 'vit_little_patch16_reg1_gap_256'
+# profiler op names of the linear layers' matrix multiplications (eager, quantized, compiled) and of attention
+_LINEAR_OPS = ('aten::mm', 'aten::addmm', 'aten::_int_mm', 'quantized::linear', 'mkldnn::_linear_pointwise',
+               'onednn::qlinear_pointwise', 'mkl::_mkl_linear')
+_ATTENTION_OPS = ('aten::bmm', 'aten::baddbmm', 'aten::_scaled_dot_product_flash_attention',
+                  'aten::_scaled_dot_product_efficient_attention', 'aten::_scaled_dot_product_cudnn_attention')
+
+
+@dataclasses.dataclass
+class Entry:
+    model: str
+    implementation: str = OURS
+    recipe: str = 'fp32'
+
+    @property
+    def key(self) -> str:
+        return f'{self.model} | {self.implementation} | {self.recipe}'
+
+
+@dataclasses.dataclass
+class Config:
+    """Entries timed against each other, interleaved, on the same task, input size and batch."""
+    name: str
+    task: str  # 'infer' or 'train'
+    img_size: int
+    batch_size: int
+    entries: List[Entry]
+    profile: bool = False  # split the steps into GEMM and other time
 
 
 @dataclasses.dataclass
 class Row:
     device: str
-    precision: str
-    task: str  # 'infer' or 'train'
+    config: str
+    task: str
     model: str
     implementation: str
+    recipe: str
     img_size: int
     batch_size: int
     img_per_s: float
     step_ms: float
-    peak_mem_mb: Optional[float] = None
-    gflops_per_img: Optional[float] = None
-    peak_fraction: Optional[float] = None
+    gflops_per_img: float
+    peak: str
+    peak_fraction: float
+    linear_ms: Optional[float] = None  # the linear layers' matrix multiplications
+    attention_ms: Optional[float] = None  # attention's matrix multiplications or fused kernels
+    other_ms: Optional[float] = None
 
 
 def _sync(device: torch.device) -> None:
@@ -73,258 +115,299 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def peak_memory_bytes(step: Callable[[], None], device: torch.device) -> int:
-    """High-water mark of tensor memory allocated while `step` runs, above what was allocated before it."""
-    if device.type == 'cuda':
-        _sync(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]'), key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
+def matmul_peaks(device: torch.device, rounds: int = 5) -> Dict[str, float]:
+    """The machine's peaks (FLOP/s): the best large square matmul over sizes and tries, in fp32, bf16 and int8."""
+    sizes = (4096, 8192) if device.type == 'cuda' else (2048, 3072)
+    peaks = {}
+    for name in ('fp32', 'bf16', 'int8'):
+        best = 0.
+        for n in sizes:
+            if name == 'int8':
+                a, b = (torch.randint(-128, 127, (n, n), dtype=torch.int8, device=device) for _ in range(2))
+                matmul = (lambda a=a, b=b: torch._int_mm(a, b))
+            else:
+                dtype = torch.float32 if name == 'fp32' else torch.bfloat16
+                a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+                matmul = (lambda a=a, b=b: a @ b)
+            for _ in range(2):
+                matmul()
+            for _ in range(rounds):
+                _sync(device)
+                start = time.perf_counter()
+                matmul()
+                _sync(device)
+                best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+        peaks[name] = best
+    return peaks
+
+
+def _build(entry: Entry, img_size: int, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if entry.implementation == REFERENCE:
+        return ReferenceT2TViT(img_size=img_size, **reference_config(entry.model)).to(device)
+    kwargs = dict(img_size=img_size)
+    if entry.implementation == FUSED_FORCED:
+        os.environ['TIMM_FUSED_ATTN'] = '1'  # read as each attention layer is built
+        try:
+            return timm.create_model(entry.model, **kwargs).to(device)
+        finally:
+            del os.environ['TIMM_FUSED_ATTN']
+    return timm.create_model(entry.model, **kwargs).to(device)
 
 
 def flops_per_image(model: torch.nn.Module, img_size: int, device: torch.device) -> float:
-    """FLOPs of one forward pass, counted on the eager attention path: FlopCounterMode has no formula for every
-    fused attention kernel (the CPU flash kernel among them), and the math is the same."""
+    """FLOPs of one forward pass, counted on the eager attention path (FlopCounterMode has no formula for every
+    fused kernel; the math is the same)."""
     fused = [m for m in model.modules() if getattr(m, 'fused_attn', False)]
     for m in fused:
         m.fused_attn = False
     counter = FlopCounterMode(display=False)
     try:
         with counter, torch.no_grad():
-            model(torch.randn(1, 3, img_size, img_size, device=device))
+            model.eval()(torch.randn(1, 3, img_size, img_size, device=device))
     finally:
         for m in fused:
             m.fused_attn = True
     return counter.get_total_flops()
 
 
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, rounds: int = 10) -> float:
-    """The machine's peak: the best FLOP/s of a large square matmul over several sizes and tries."""
-    best = 0.
-    for n in ((4096, 8192) if device.type == 'cuda' else (2048, 3072)):
-        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-        for _ in range(2):
-            a @ b
-        for _ in range(rounds):
-            _sync(device)
-            start = time.perf_counter()
-            a @ b
-            _sync(device)
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
-    return best
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
-def build(implementation: str, model_name: str, img_size: int, device: torch.device) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if implementation == REFERENCE:
-        model = ReferenceT2TViT(img_size=img_size, **reference_config(model_name))
-    else:
-        model = timm.create_model(model_name, img_size=img_size)
-    model = model.to(device)
-    return torch.compile(model) if implementation == COMPILED else model
+_TRAIN_AUTOCAST = {'fp32': None, 'bf16-autocast': torch.bfloat16, 'fp16-autocast': torch.float16}
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == 'fp32':
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def make_step(model: torch.nn.Module, task: str, batch_size: int, img_size: int, device: torch.device, precision: str):
-    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
-    if task == 'infer':
-        model.eval()
-
-        def step():
-            with torch.inference_mode(), _autocast(device, precision):
-                model(x)
-        return step
+def make_step(model: torch.nn.Module, entry: Entry, config: Config, device: torch.device) -> Callable[[], None]:
+    x = torch.randn(config.batch_size, 3, config.img_size, config.img_size, device=device)
+    if config.task == 'infer':
+        if device.type == 'cuda':
+            return _cuda_infer_step(model, entry.recipe, x)
+        predict = prepare(model, entry.recipe, x)
+        return lambda: predict(x)
     model.train()
-    target = torch.randint(0, 1000, (batch_size,), device=device)
+    target = torch.randint(0, 1000, (config.batch_size,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    dtype = _TRAIN_AUTOCAST[entry.recipe]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step():
-        with _autocast(device, precision):
+        with _autocast(device, dtype):
             loss = torch.nn.functional.cross_entropy(model(x), target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return step
 
 
-@dataclasses.dataclass
-class Config:
-    """Models and implementations timed against each other, interleaved, on the same input size and batch."""
-    task: str
-    img_size: int
-    batch_size: int
-    entries: List[Tuple[str, str]]  # (model name, implementation)
-    memory: bool = True
+def _cuda_infer_step(model: torch.nn.Module, recipe: str, x: torch.Tensor) -> Callable[[], None]:
+    """fp32, bf16 and fp16 autocast on a GPU; 'compiled' is bf16 autocast under torch.compile."""
+    model = model.eval()
+    dtype = {'bf16-autocast': torch.bfloat16, 'fp16-autocast': torch.float16, 'compiled': torch.bfloat16}.get(recipe)
+    run = torch.compile(model) if recipe == 'compiled' else model
+
+    def step():
+        with torch.inference_mode(), _autocast(x.device, dtype):
+            run(x)
+    return step
 
 
-def run_config(config: Config, device: torch.device, precision: str, warmup: int, rounds: int, peak: float,
+def time_shares(step: Callable[[], None]) -> Tuple[float, float]:
+    """Fractions of one step's operator time spent in the linear layers' matrix multiplications and in attention."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.
+    linear = sum(e.self_cpu_time_total for e in events if e.key.startswith(_LINEAR_OPS))
+    attention = sum(e.self_cpu_time_total for e in events if e.key.startswith(_ATTENTION_OPS))
+    return linear / total, attention / total
+
+
+def _peak_name(recipe: str) -> str:
+    return 'int8' if recipe.startswith('int8') else ('fp32' if recipe == 'fp32' else 'bf16')
+
+
+def run_config(config: Config, device: torch.device, warmup: int, rounds: int, peaks: Dict[str, float],
                flops_cache: Dict) -> List[Row]:
-    """Time one configuration's entries against each other; one row per entry."""
-    steps, models = {}, {}
+    steps = {}
     for entry in config.entries:
-        model_name, impl = entry
         try:
-            model = build(impl, model_name, config.img_size, device)
-            step = make_step(model, config.task, config.batch_size, config.img_size, device, precision)
-            step()  # compiles, and finds out whether it fits
+            model = _build(entry, config.img_size, device)
+            key = (entry.model, entry.implementation == REFERENCE, config.img_size)
+            if key not in flops_cache:
+                flops_cache[key] = flops_per_image(model, config.img_size, device)
+            step = make_step(model, entry, config, device)
+            step()  # compiles, quantizes, and finds out whether it fits
+        except ImportError as e:  # int8-static needs torchao
+            _logger.info(f'{config.name}: {entry.key} skipped ({e})')
+            continue
         except torch.cuda.OutOfMemoryError:
-            _logger.info(f'{config.task} {model_name} {impl} {config.img_size} b{config.batch_size}: out of memory')
+            _logger.info(f'{config.name}: {entry.key} out of memory')
             torch.cuda.empty_cache()
             continue
-        models[entry], steps[entry] = model, step
-    seconds = time_interleaved(steps, device, warmup, rounds)
+        steps[entry.key] = (entry, step)
+    seconds = time_interleaved({k: s for k, (_, s) in steps.items()}, device, warmup, rounds)
     rows = []
-    for (model_name, impl), step in steps.items():
-        key = (model_name, impl == REFERENCE, config.img_size)
-        if key not in flops_cache:
-            model = models[(model_name, impl)]
-            flops_cache[key] = flops_per_image(getattr(model, '_orig_mod', model).eval(), config.img_size, device)
-        flops = flops_cache[key] * (3 if config.task == 'train' else 1)  # backward ~ 2x forward
-        img_per_s = config.batch_size / seconds[(model_name, impl)]
-        rows.append(Row(
-            device=device.type, precision=precision, task=config.task, model=model_name, implementation=impl,
-            img_size=config.img_size, batch_size=config.batch_size, img_per_s=img_per_s,
-            step_ms=seconds[(model_name, impl)] * 1e3,
-            peak_mem_mb=peak_memory_bytes(step, device) / 2 ** 20 if config.memory else None,
-            gflops_per_img=flops / 1e9, peak_fraction=flops * img_per_s / peak,
-        ))
-        _logger.info(f'{config.task} {model_name} {impl} {config.img_size} b{config.batch_size}: '
-                     f'{img_per_s:.1f} img/s')
+    for key, (entry, step) in steps.items():
+        flops = flops_cache[(entry.model, entry.implementation == REFERENCE, config.img_size)]
+        flops *= 3 if config.task == 'train' else 1  # backward ~ 2x forward
+        img_per_s = config.batch_size / seconds[key]
+        peak = _peak_name(entry.recipe)
+        row = Row(
+            device=device.type, config=config.name, task=config.task, model=entry.model,
+            implementation=entry.implementation, recipe=entry.recipe, img_size=config.img_size,
+            batch_size=config.batch_size, img_per_s=img_per_s, step_ms=seconds[key] * 1e3,
+            gflops_per_img=flops / 1e9, peak=peak, peak_fraction=flops * img_per_s / peaks[peak])
+        if config.profile and device.type == 'cpu':
+            linear, attention = time_shares(step)
+            row.linear_ms, row.attention_ms = row.step_ms * linear, row.step_ms * attention
+            row.other_ms = row.step_ms - row.linear_ms - row.attention_ms
+        rows.append(row)
+        _logger.info(f'{config.name}: {key}: {img_per_s:.1f} img/s')
     return rows
 
 
-def _versus_reference(*models: str) -> List[Tuple[str, str]]:
-    return [(m, impl) for m in models for impl in (EAGER, REFERENCE)]
-
-
 def cpu_configs(quick: bool) -> List[Config]:
-    deit_s, deit_t = 'deit_small_patch16_224', 'deit_tiny_patch16_224'
+    t2t = 't2t_vit_14'
+    b = 4 if quick else 8
     configs = [
-        Config('infer', 224, 8, _versus_reference('t2t_vit_14') + [('t2t_vit_14', COMPILED), (deit_s, EAGER),
-                                                                    (deit_s, COMPILED)]),
-        Config('infer', 224, 8, _versus_reference('t2t_vit_7') + [(deit_t, EAGER)]),
-        Config('infer', 224, 8, _versus_reference('t2t_vit_t_14')),
-        Config('train', 224, 8, _versus_reference('t2t_vit_14', 't2t_vit_t_14') + [(deit_s, EAGER)]),
-        Config('infer', 384, 4, _versus_reference('t2t_vit_t_14', 't2t_vit_14') + [(deit_s, EAGER)]),
+        Config('fp32 inference', 'infer', 224, b, [
+            Entry(t2t), Entry(t2t, REFERENCE), Entry('t2t_vit_t_14'), Entry('t2t_vit_t_14', implementation=REFERENCE),
+            Entry(DEIT_S, TIMM), Entry(VIT_LITTLE, TIMM)]),
+        Config('bf16 autocast inference', 'infer', 224, b, [
+            Entry(t2t, recipe='bf16-autocast'), Entry(t2t, REFERENCE, 'bf16-autocast'),
+            Entry(t2t, FUSED_FORCED, 'bf16-autocast'), Entry(DEIT_S, TIMM, 'bf16-autocast'),
+            Entry(VIT_LITTLE, TIMM, 'bf16-autocast')], profile=True),
+        Config('bf16 weights inference', 'infer', 224, b, [
+            Entry(t2t, recipe='bf16'), Entry(DEIT_S, TIMM, 'bf16'), Entry(VIT_LITTLE, TIMM, 'bf16')], profile=True),
+        Config('bf16 compiled inference', 'infer', 224, b, [
+            Entry(t2t, recipe='bf16-compiled'), Entry(DEIT_S, TIMM, 'bf16-compiled'),
+            Entry(VIT_LITTLE, TIMM, 'bf16-compiled')], profile=True),
+        Config('int8 inference', 'infer', 224, b, [
+            Entry(t2t), Entry(t2t, recipe='int8-dynamic'), Entry(t2t, recipe='int8-static'),
+            Entry(DEIT_S, TIMM, 'int8-dynamic'), Entry(DEIT_S, TIMM, 'int8-static')], profile=True),
+        Config('bf16 autocast training step', 'train', 224, b, [
+            Entry(t2t, recipe='bf16-autocast'), Entry(t2t, REFERENCE, 'bf16-autocast'),
+            Entry(DEIT_S, TIMM, 'bf16-autocast'), Entry(VIT_LITTLE, TIMM, 'bf16-autocast')], profile=True),
     ]
-    sweep = [
-        Config('infer', size, 4, _versus_reference('t2t_vit_14', 't2t_vit_t_14') + [(deit_s, EAGER)], memory=False)
-        for size in ((160,) if quick else (160, 288, 448))
-    ]
-    return configs + sweep
+    if not quick:
+        configs += [
+            Config('fp32 training step', 'train', 224, b, [
+                Entry(t2t), Entry(t2t, REFERENCE), Entry(DEIT_S, TIMM)]),
+            Config('fp32 inference at 384', 'infer', 384, 4, [
+                Entry('t2t_vit_t_14'), Entry('t2t_vit_t_14', REFERENCE), Entry(t2t), Entry(t2t, REFERENCE)]),
+        ]
+    return configs
 
 
 def cuda_configs(quick: bool) -> List[Config]:
-    sizes = (224, 384) if quick else (224, 384, 512, 768)
-    entries = _versus_reference('t2t_vit_14', 't2t_vit_t_14') + [
-        ('t2t_vit_14', COMPILED), ('t2t_vit_t_14', COMPILED),
-        ('deit_small_patch16_224', EAGER), ('deit_small_patch16_224', COMPILED)]
-    return [
-        Config(task, size, 64 if size <= 384 else 16, entries)
-        for size in sizes for task in ('infer', 'train')
-    ]
+    models = [('t2t_vit_14', OURS), ('t2t_vit_14', REFERENCE), ('t2t_vit_t_14', OURS), ('t2t_vit_t_14', REFERENCE),
+              (DEIT_S, TIMM)]
+    configs = []
+    for size in ((224,) if quick else (224, 384)):
+        for recipe in ('fp32', 'bf16-autocast', 'fp16-autocast', 'compiled'):
+            entries = [Entry(m, impl, recipe) for m, impl in models if not (recipe == 'compiled' and impl == REFERENCE)]
+            configs.append(Config(f'cuda {recipe} inference {size}', 'infer', size, 64, entries))
+        for recipe in ('fp32', 'bf16-autocast', 'fp16-autocast'):
+            configs.append(Config(f'cuda {recipe} training step {size}', 'train', size, 64 if size == 224 else 16,
+                                  [Entry(m, impl, recipe) for m, impl in models]))
+    return configs
 
 
-def output_agreement(device: torch.device) -> Dict[str, float]:
-    """Max |logit| difference of the fused, compiled and eager-attention paths (fp32, same weights)."""
-    x = torch.randn(2, 3, 224, 224, device=device)
-    result = {}
-    for name in ('t2t_vit_14', 't2t_vit_t_14'):
-        model = build(EAGER, name, 224, device).eval()
-        with torch.no_grad():
-            fused = model(x)
-            result[f'{name} compiled vs eager'] = (torch.compile(model)(x) - fused).abs().max().item()
-            timm.layers.set_fused_attn(False)
-            unfused = build(EAGER, name, 224, device).eval()
-            timm.layers.set_fused_attn(True)
-            result[f'{name} fused vs eager attention'] = (unfused(x) - fused).abs().max().item()
-    return result
+def _pick(rows: List[Row], config: str, model: str, implementation: str, recipe: str) -> Optional[Row]:
+    match = [r for r in rows if (r.config, r.model, r.implementation, r.recipe) == (config, model, implementation,
+                                                                                  recipe)]
+    return match[0] if match else None
 
 
-def _ratio(rows: List[Row], num: dict, den: dict, field: str = 'img_per_s') -> Optional[float]:
-    def pick(spec):
-        match = [r for r in rows if all(getattr(r, k) == v for k, v in spec.items())]
-        return getattr(match[0], field) if match else None
-    a, b = pick(num), pick(den)
-    return a / b if a and b else None
+def _bound(ours: Row, other: Row, goal: float) -> Optional[str]:
+    """Where the time of `ours` goes, and what a speed-up goal over `other` leaves for each part."""
+    if ours.linear_ms is None:
+        return None
+    allowed = other.step_ms / goal
+    if ours.linear_ms >= allowed:
+        return (f'the linear layers\' matrix multiplications alone take {ours.linear_ms:.0f} ms of the {allowed:.0f} ms '
+                f'the goal allows')
+    rest = ours.attention_ms + ours.other_ms
+    return (f'linear layers {ours.linear_ms:.0f} ms, attention {ours.attention_ms:.0f} ms, the rest '
+            f'{ours.other_ms:.0f} ms; the goal leaves {allowed - ours.linear_ms:.0f} ms for attention and the rest '
+            f'({(allowed - ours.linear_ms) / rest:.0%} of their time today)')
+
+
+def _peak_note(row: Row) -> Optional[str]:
+    if row.linear_ms is None:
+        return None
+    return (f'{row.step_ms:.0f} ms a step: linear layers {row.linear_ms:.0f} ms, attention {row.attention_ms:.0f} ms, '
+            f'the rest {row.other_ms:.0f} ms')
 
 
 def cpu_targets(rows: List[Row]) -> List[dict]:
     """The issue's targets on this CPU, judged by ratios from this run."""
-    infer224 = dict(device='cpu', task='infer', img_size=224, precision='fp32')
-    t2t14 = dict(infer224, model='t2t_vit_14')
-    tt14_384 = dict(device='cpu', task='infer', img_size=384, model='t2t_vit_t_14', precision='fp32')
-    train = dict(device='cpu', task='train', img_size=224, model='t2t_vit_14', precision='fp32')
-    checks = [
-        ('t2t_vit_t_14 @384 b4 throughput vs reference', '>=', 2.5,
-         _ratio(rows, dict(tt14_384, implementation=EAGER), dict(tt14_384, implementation=REFERENCE))),
-        ('t2t_vit_t_14 @384 b4 peak memory vs reference', '<=', 1 / 3,
-         _ratio(rows, dict(tt14_384, implementation=EAGER), dict(tt14_384, implementation=REFERENCE), 'peak_mem_mb')),
-        ('t2t_vit_14 @224 b8 eager inference vs reference', '>=', 1.1,
-         _ratio(rows, dict(t2t14, implementation=EAGER), dict(t2t14, implementation=REFERENCE))),
-        ('t2t_vit_14 @224 b8 compiled inference vs reference', '>=', 1.3,
-         _ratio(rows, dict(t2t14, implementation=COMPILED), dict(t2t14, implementation=REFERENCE))),
-        ('t2t_vit_14 @224 b8 training step vs reference', '>=', 1.1,
-         _ratio(rows, dict(train, implementation=EAGER), dict(train, implementation=REFERENCE))),
-        ('t2t_vit_14 @224 b8 inference vs deit_small_patch16_224', '>=', 0.95,
-         _ratio(rows, dict(t2t14, implementation=EAGER),
-                dict(infer224, model='deit_small_patch16_224', implementation=EAGER))),
-    ]
-    return [
-        dict(target=name, ratio=value, goal=f'{op} {goal:.3g}',
-             met=None if value is None else (value >= goal if op == '>=' else value <= goal))
-        for name, op, goal, value in checks
-    ]
+    t2t = 't2t_vit_14'
+    checks = []
+
+    def check(name, value, goal, bound=None):
+        checks.append(dict(target=name, ratio=value, goal=f'>= {goal:g}', met=None if value is None else value >= goal,
+                           bound=bound))
+
+    for config, task in (('bf16 autocast inference', 'inference'), ('bf16 autocast training step', 'training step')):
+        ours, ref = _pick(rows, config, t2t, OURS, 'bf16-autocast'), _pick(rows, config, t2t, REFERENCE,
+                                                                            'bf16-autocast')
+        ratio = ours.img_per_s / ref.img_per_s if ours and ref else None
+        check(f'{t2t} bf16 autocast {task} vs the reference', ratio, 1.2, ours and ref and _bound(ours, ref, 1.2))
+    fastest = [r for r in (_pick(rows, f'bf16 {kind} inference', t2t, OURS, recipe)
+                           for kind, recipe in (('weights', 'bf16'), ('compiled', 'bf16-compiled'))) if r]
+    ours = max(fastest, key=lambda r: r.img_per_s) if fastest else None
+    deit = ours and _pick(rows, ours.config, DEIT_S, TIMM, ours.recipe)
+    check(f'{t2t} fastest CPU recipe ({ours.recipe if ours else "-"}) vs {DEIT_S} in it', ours and deit and
+          ours.img_per_s / deit.img_per_s, 0.95, ours and deit and _bound(ours, deit, 0.95))
+    check(f'{t2t} fastest CPU recipe: fraction of the bf16 matmul peak', ours and ours.peak_fraction, 0.75,
+          ours and _peak_note(ours))
+    fp32 = _pick(rows, 'int8 inference', t2t, OURS, 'fp32')
+    int8 = [r for r in (_pick(rows, 'int8 inference', t2t, OURS, recipe) for recipe in ('int8-dynamic', 'int8-static'))
+            if r]
+    best = max(int8, key=lambda r: r.img_per_s) if int8 else None
+    check(f'{t2t} int8 inference ({best.recipe if best else "-"}) vs its fp32 eager', best and fp32 and
+          best.img_per_s / fp32.img_per_s, 4., best and fp32 and _bound(best, fp32, 4.))
+    return checks
 
 
 def format_table(rows: List[Row]) -> str:
-    header = f'{"device":6} {"prec":5} {"task":5} {"model":24} {"implementation":18} {"size":>4} {"batch":>5} ' \
-             f'{"img/s":>8} {"ms/step":>9} {"peak MB":>9} {"GFLOP/img":>9} {"of peak":>7}'
+    header = f'{"config":30} {"model":32} {"implementation":31} {"recipe":14} {"img/s":>7} {"ms":>7} ' \
+             f'{"of peak":>7} {"linear/attn/rest ms":>20}'
     lines = [header, '-' * len(header)]
     for r in rows:
-        mem = f'{r.peak_mem_mb:9.0f}' if r.peak_mem_mb is not None else f'{"":9}'
-        lines.append(
-            f'{r.device:6} {r.precision:5} {r.task:5} {r.model:24} {r.implementation:18} {r.img_size:4d} '
-            f'{r.batch_size:5d} {r.img_per_s:8.1f} {r.step_ms:9.1f} {mem} {r.gflops_per_img:9.2f} '
-            f'{r.peak_fraction:7.0%}')
+        split = f'{r.linear_ms:.0f}/{r.attention_ms:.0f}/{r.other_ms:.0f}' if r.linear_ms is not None else ''
+        lines.append(f'{r.config:30} {r.model:32} {r.implementation:31} {r.recipe:14} {r.img_per_s:7.1f} '
+                     f'{r.step_ms:7.0f} {r.peak_fraction:7.0%} {split:>20}')
     return '\n'.join(lines)
 
 
 def plot(rows: List[Row], path: Path) -> None:
+    """img/s of T2T-ViT-14 (this package, the reference) and DeiT-S in each CPU recipe, one bar group per config."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    groups = {}
-    for r in rows:
-        if r.task == 'infer' and r.precision == 'fp32':
-            groups.setdefault((r.device, r.batch_size), {}).setdefault(f'{r.model} ({r.implementation})', []).append(r)
-    panels = [(k, v) for k, v in groups.items() if any(len(series) > 1 for series in v.values())]
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5), squeeze=False)
-    for ax, ((device, batch), series) in zip(axes[0], panels):
-        for label, points in sorted(series.items()):
-            points = sorted(points, key=lambda r: r.img_size)
-            if len(points) > 1:
-                ax.plot([p.img_size for p in points], [p.img_per_s for p in points], marker='o', label=label)
-        ax.set(title=f'{device}, batch {batch}, fp32 inference', xlabel='image size (px)', ylabel='images / s',
-               yscale='log')
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    cpu = [r for r in rows if r.device == 'cpu' and r.img_size == 224 and r.implementation != FUSED_FORCED]
+    groups = list(dict.fromkeys(f'{r.config}\n{r.recipe}' if r.config == 'int8 inference' else r.config for r in cpu))
+    series = list(dict.fromkeys(f'{r.model} ({r.implementation})' for r in cpu))
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(groups)), 5))
+    width = 0.8 / len(series)
+    for i, name in enumerate(series):
+        xs, ys = [], []
+        for j, group in enumerate(groups):
+            match = [r for r in cpu if f'{r.model} ({r.implementation})' == name and
+                     (f'{r.config}\n{r.recipe}' if r.config == 'int8 inference' else r.config) == group]
+            if match:
+                xs.append(j + i * width)
+                ys.append(match[0].img_per_s)
+        ax.bar(xs, ys, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+    ax.set_xticklabels(groups, fontsize=7)
+    ax.set(ylabel='images / s (batch 8, 224 px)', title='CPU throughput by recipe (same run)')
+    ax.grid(True, axis='y', alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -333,7 +416,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
                         help='auto: CPU, then CUDA too when present')
-    parser.add_argument('--quick', action='store_true', help='fewer rounds and sizes (a smoke run)')
+    parser.add_argument('--quick', action='store_true', help='fewer rounds and configurations (a smoke run)')
     parser.add_argument('--out', type=Path, default=Path(__file__).parent / 'results', help='output folder')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
@@ -341,41 +424,39 @@ def main(argv: Optional[List[str]] = None) -> None:
     devices = [torch.device('cpu')] if args.device in ('auto', 'cpu') else []
     if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available()):
         devices.append(torch.device('cuda'))
-    warmup, rounds = (1, 2) if args.quick else (2, 7)
-    result = dict(
-        torch=torch.__version__, timm=timm.__version__, platform=platform.platform(),
-        threads=torch.get_num_threads(), rows=[], targets=[], matmul_peak_gflops={}, output_agreement={})
+    warmup, rounds = (1, 3) if args.quick else (2, 9)
+    result = dict(torch=torch.__version__, timm=timm.__version__, platform=platform.platform(),
+                  threads=torch.get_num_threads(), matmul_peak_gflops={}, rows=[], targets=[])
     rows: List[Row] = []
     for device in devices:
         if device.type == 'cuda':
             result['gpu'] = torch.cuda.get_device_name(device)
             torch.backends.cuda.matmul.allow_tf32 = False
-        precisions = ['fp32'] if device.type == 'cpu' else ['fp32', 'bf16']
+        peaks = matmul_peaks(device)
+        result['matmul_peak_gflops'][device.type] = {k: v / 1e9 for k, v in peaks.items()}
+        _logger.info(f'{device.type} matmul peaks: ' + ', '.join(f'{k} {v / 1e9:.0f}' for k, v in peaks.items()))
         configs = cpu_configs(args.quick) if device.type == 'cpu' else cuda_configs(args.quick)
         flops_cache = {}
-        for precision in precisions:
-            dtype = torch.float32 if precision == 'fp32' else torch.bfloat16
-            peak = matmul_peak_flops(device, dtype)
-            result['matmul_peak_gflops'][f'{device.type} {precision}'] = peak / 1e9
-            _logger.info(f'{device.type} {precision} matmul peak: {peak / 1e9:.0f} GFLOP/s')
-            for config in configs:
-                rows += run_config(config, device, precision, warmup, rounds, peak, flops_cache)
-        result['output_agreement'][device.type] = output_agreement(device)
-    result['targets'] = cpu_targets(rows) if devices[0].type == 'cpu' else []
+        for config in configs:
+            rows += run_config(config, device, warmup, rounds, peaks, flops_cache)
+    if devices[0].type == 'cpu':
+        result['targets'] = cpu_targets(rows)
     result['rows'] = [dataclasses.asdict(r) for r in rows]
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / 'benchmark.json').write_text(json.dumps(result, indent=2))
-    plot(rows, args.out / 'throughput_vs_size.png')
+    name = 'benchmark' if devices[0].type == 'cpu' else 'benchmark_cuda'
+    (args.out / f'{name}.json').write_text(json.dumps(result, indent=2))
     print(format_table(rows))
-    print('\nmatmul peak (GFLOP/s): ' + ', '.join(f'{k} {v:.0f}' for k, v in result['matmul_peak_gflops'].items()))
-    for device, diffs in result['output_agreement'].items():
-        print(f'output agreement on {device}: ' + ', '.join(f'{k} {v:.1e}' for k, v in diffs.items()))
+    for device, peaks in result['matmul_peak_gflops'].items():
+        print(f'\nmatmul peaks on {device} (GFLOP/s, GOP/s for int8): ' + ', '.join(
+            f'{k} {v:.0f}' for k, v in peaks.items()))
     for t in result['targets']:
         status = 'n/a' if t['met'] is None else ('met' if t['met'] else 'NOT met')
         ratio = 'n/a' if t['ratio'] is None else f'{t["ratio"]:.2f}'
-        print(f'target {t["target"]}: {ratio} (goal {t["goal"]}): {status}')
-    print(f'\nwrote {args.out / "benchmark.json"} and {args.out / "throughput_vs_size.png"}')
+        print(f'target {t["target"]}: {ratio} (goal {t["goal"]}): {status}' + (f'; {t["bound"]}' if t['bound'] else ''))
+    if devices[0].type == 'cpu':
+        plot(rows, args.out / 'cpu_recipes.png')
+    print(f'\nwrote {args.out / (name + ".json")}')
 
 
 if __name__ == '__main__':

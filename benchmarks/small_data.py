@@ -126,9 +126,9 @@ def _loader(data: Path, split: str, recipe: Recipe, training: bool):
     )
 
 
-def val_loader(data: Path, recipe: Recipe = Recipe()):
-    """The validation images, as the experiment evaluates them."""
-    return _loader(data, 'val', recipe, training=False)
+def val_loader(data: Path, recipe: Recipe = Recipe(), split: str = 'val'):
+    """The validation images (or another split's), as the experiment evaluates them: no augmentation."""
+    return _loader(data, split, recipe, training=False)
 
 
 def evaluate(model: torch.nn.Module, loader, autocast_dtype: Optional[torch.dtype] = None) -> float:

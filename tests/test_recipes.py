@@ -1,0 +1,87 @@
+"""The CPU deployment recipes on a real trained model (the small-data experiment's T2T-ViT-7 on the digits): each
+keeps the logits near fp32 and the validation accuracy within half a point; and the default attention kernel is
+the fast one for the precision."""
+import itertools
+
+import pytest
+import timm
+import torch
+
+from benchmarks.recipes import RECIPES, prepare
+from benchmarks.small_data import val_loader
+from timm_t2t.attention import dot_product_attention
+
+# Largest |logit - fp32 logit| allowed on the digits model (its logits span about +-7).
+LOGIT_TOLERANCE = {
+    'fp32': 0.,
+    'bf16-autocast': 0.1,
+    'bf16': 0.1,
+    'bf16-compiled': 0.1,
+    'int8-dynamic': 0.3,
+    'int8-static': 0.3,
+}
+ACCURACY_TOLERANCE = 0.5  # points
+
+
+@pytest.fixture(scope='module')
+def validation(digits_model):
+    """The 360 validation images as one batch (one shape: compiled recipes build once), labels, fp32 logits."""
+    batches = list(val_loader(digits_model.data, digits_model.recipe))
+    images = torch.cat([x for x, _ in batches])
+    labels = torch.cat([y for _, y in batches])
+    with torch.no_grad():
+        logits = digits_model.model(images)
+    return images, labels, logits
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100. * (logits.argmax(dim=-1) == labels).float().mean().item()
+
+
+@pytest.mark.parametrize('recipe', RECIPES)
+def test_recipe_keeps_logits_and_accuracy(digits_model, validation, recipe):
+    images, labels, reference = validation
+    train_images = (x for x, _ in val_loader(digits_model.data, digits_model.recipe, split='train'))
+    calibration = list(itertools.islice(train_images, 2))  # calibrated on training images, judged on validation
+    predict = prepare(digits_model.model, recipe, images, calibration=calibration)
+    logits = predict(images)
+    assert logits.dtype == torch.float32 and logits.shape == reference.shape
+    assert (logits - reference).abs().max().item() <= LOGIT_TOLERANCE[recipe]
+    assert abs(_accuracy(logits, labels) - _accuracy(reference, labels)) <= ACCURACY_TOLERANCE
+    assert _accuracy(reference, labels) >= 90.
+
+
+def test_unknown_recipe_is_named(digits_model):
+    with pytest.raises(ValueError, match="Unknown recipe 'fp8'"):
+        prepare(digits_model.model, 'fp8', torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize('dtype, tokens, fused_expected', [
+    (torch.float32, 197, True),  # fp32: the fused kernel
+    (torch.bfloat16, 197, False),  # bf16 on the CPU, short sequences: eager matmul-softmax-matmul
+    (torch.bfloat16, 3136, True),  # bf16, the first T2T layer's 3136 tokens: fused again
+])
+def test_attention_kernel_follows_dtype_and_length(monkeypatch, dtype, tokens, fused_expected):
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    q, k, v = (torch.randn(1, 2, tokens, 16, dtype=dtype) for _ in range(3))
+    out = dot_product_attention(q, k, v, scale=0.25)
+    assert bool(calls) == fused_expected
+    expected = torch.softmax((q.float() @ k.float().transpose(-2, -1)) * 0.25, dim=-1) @ v.float()
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=0.02 if dtype == torch.bfloat16 else 1e-5)
+    calls.clear()
+    dot_product_attention(q, k, v, scale=0.25, forced=True)  # TIMM_FUSED_ATTN=1: fused everywhere
+    assert calls
+    calls.clear()
+    dot_product_attention(q, k, v, scale=0.25, fused=False)  # timm's switch off: never fused
+    assert not calls
+
+
+@pytest.mark.parametrize('value, fused, forced', [('0', False, False), ('1', True, True), (None, True, False)])
+def test_timm_switch_decides_when_set(value, fused, forced):
+    from fresh_python import run_python
+    code = ('import json, timm\nm = timm.create_model("t2t_vit_7", img_size=64)\n'
+            'a = m.blocks[0].attn\nprint(json.dumps([a.fused_attn, a.fused_attn_forced]))')
+    assert run_python(code, {} if value is None else {'TIMM_FUSED_ATTN': value}) == [fused, forced]
