@@ -1,7 +1,7 @@
-"""What differs between the timm releases this package supports (1.0.9 onwards), in one place.
+"""What differs between the timm (1.0.9 onwards) and torch (2.2 onwards) releases this package supports, in one place.
 
-Each name here is timm's own where the installed release has it, and a small local equivalent where it does not.
-The model code imports these names from here, never the version-dependent ones from timm directly.
+Each name here is timm's or torch's own where the installed release has it, and a small local equivalent where it
+does not. The model code imports these names from here, never the version-dependent ones directly.
 """
 import argparse
 import contextlib
@@ -24,8 +24,8 @@ from timm.models.vision_transformer import LayerScale
 
 __all__ = [
     'TIMM_VERSION', 'Block', 'calculate_drop_path_rates', 'checkpoint', 'checkpoint_seq', 'create_model_from_folder',
-    'get_device_dtype', 'has_model_traits', 'load_state_dict', 'make_layer', 'register_notrace_function',
-    'save_for_hf', 'update_model_input_size',
+    'get_device_dtype', 'has_model_traits', 'is_autocast_available', 'load_state_dict', 'make_layer', 'register_notrace_function',
+    'register_load_state_dict_pre_hook', 'save_for_hf', 'update_model_input_size',
 ]
 
 
@@ -146,6 +146,20 @@ else:
             x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
             x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
             return x
+
+
+def is_autocast_available(device_type: str) -> bool:
+    """Whether `torch.autocast` takes this device type (torch.amp's own test from torch 2.4)."""
+    if hasattr(torch.amp, 'is_autocast_available'):
+        return torch.amp.is_autocast_available(device_type)
+    return device_type in ('cpu', 'cuda', 'xpu', 'hpu')
+
+
+def register_load_state_dict_pre_hook(module: nn.Module, hook: Callable) -> Any:
+    """`module.register_load_state_dict_pre_hook(hook)` (torch >= 2.5), or the private method it wraps before."""
+    if hasattr(module, 'register_load_state_dict_pre_hook'):
+        return module.register_load_state_dict_pre_hook(hook)
+    return module._register_load_state_dict_pre_hook(hook, with_module=True)
 
 
 def create_model_from_folder(folder: Union[str, Path]) -> nn.Module:

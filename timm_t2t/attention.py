@@ -19,7 +19,7 @@ from timm.layers import use_fused_attn
 
 from _timm_t2t_autoload import register_with_timm
 
-from ._compat import register_notrace_function
+from ._compat import is_autocast_available, register_notrace_function
 
 __all__ = ['attention_kernel_flags', 'dot_product_attention', 'performer_attention']
 
@@ -101,7 +101,7 @@ def _performer_attention_autocast_off(
         eps: float,
 ) -> torch.Tensor:
     device_type = q.device.type
-    if not torch.amp.is_autocast_available(device_type):  # e.g. the meta device
+    if not is_autocast_available(device_type):  # e.g. the meta device
         return _performer_attention_fp32(q, k, v, random_features, eps)
     with torch.autocast(device_type=device_type, enabled=False):
         return _performer_attention_fp32(q, k, v, random_features, eps)

@@ -50,6 +50,7 @@ from ._compat import (
     get_device_dtype,
     has_model_traits,
     make_layer,
+    register_load_state_dict_pre_hook,
     register_notrace_function,
     update_model_input_size,
 )
@@ -645,7 +646,7 @@ class T2TViT(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         self.init_weights()
-        self.register_load_state_dict_pre_hook(_load_state_dict_pre_hook)
+        register_load_state_dict_pre_hook(self, _load_state_dict_pre_hook)
 
     def _grid_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
         grid = self.tokens_to_token.feat_size(img_size[0], img_size[1])
