@@ -170,6 +170,7 @@ def create_model_from_folder(folder: Union[str, Path]) -> nn.Module:
         return timm.create_model(f'local-dir:{folder}', pretrained=True)
     config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
     overlay = dict(config['pretrained_cfg'], file=str(folder / 'model.safetensors'))
+    overlay.update({k: config[k] for k in ('label_names', 'label_descriptions') if k in config})  # as local-dir: does
     return timm.create_model(
         config['architecture'], pretrained=True, pretrained_cfg_overlay=overlay, **config.get('model_args', {}))
 

@@ -165,6 +165,8 @@ def classify(
     if batch_size < 1 or top_k < 1:
         raise ValueError(f'batch_size and top_k must be at least 1, got {batch_size} and {top_k}.')
     config = resolve_data_config(model=model)
+    if getattr(model, 'img_size', None) is not None:  # the size it was built for (timm < 1.0.31 records only the
+        config['input_size'] = (model.in_chans, *model.img_size)  # pretrained weights' size in the config)
     in_chans = config['input_size'][0]
     if in_chans not in (1, 3):
         raise ValueError(f'Images are read as RGB or grayscale; this model takes {in_chans} channels.')
