@@ -10,11 +10,14 @@ create_scheduler_v2, ModelEmaV3, bf16 autocast, CheckpointSaver):
 - `deit_tiny_patch16_224` with `T2TPatchEmbed` as its stem, against the same ViT with its hard patch split: the
   claim isolated to the tokenizer.
 
-It prints a table, writes `small_data.json` and the validation accuracy curves `small_data.png` (to
-benchmarks/results by default), and leaves a trained T2T-ViT as a model folder that the command line and timm load:
+It prints a table, writes `small_data.json` and the validation accuracy curves `small_data.png` (into the work
+folder, runs/digits, unless `--results` names another; the recorded run is in benchmarks/results), and leaves a
+trained T2T-ViT as a model folder that the command line and timm load:
 
-    python benchmarks/small_data.py                     # about a minute per model on 2 CPU cores
+    python benchmarks/small_data.py                     # about a minute per model, 2-3 minutes in all on 2 CPU cores
     timm-t2t classify runs/digits/data/val/7 --weights runs/digits/t2t_vit_7
+
+The work folder takes about 250 MB, most of it timm's training checkpoints (with optimizer state).
 
 With `--timm-scripts DIR` (a pytorch-image-models checkout) the registered models are trained and validated by
 timm's real `train.py` and `validate.py` on the same folder instead, with the same recipe.
@@ -23,6 +26,7 @@ Needs scikit-learn (and matplotlib for the plot): pip install -e ".[bench]".
 """
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import subprocess
@@ -268,14 +272,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--work-dir', type=Path, default=Path('runs/digits'),
                         help='images, checkpoints and the trained T2T-ViT go here (default: %(default)s)')
-    parser.add_argument('--results', type=Path, default=Path(__file__).parent / 'results',
-                        help='table, JSON and plot go here (default: benchmarks/results)')
+    parser.add_argument('--results', type=Path,
+                        help='table, JSON and plot go here (default: the work folder)')
     parser.add_argument('--epochs', type=int, default=Recipe.epochs, help='training epochs (default: %(default)s)')
     parser.add_argument('--seed', type=int, default=Recipe.seed, help='seed of the split and training')
     parser.add_argument('--timm-scripts', type=Path, metavar='DIR',
                         help='a pytorch-image-models checkout: train and validate with its train.py / validate.py')
     args = parser.parse_args(argv)
+    missing = [name for name in ('sklearn', 'matplotlib') if importlib.util.find_spec(name) is None]
+    if missing:
+        parser.error(f'needs {" and ".join(missing)}: pip install -e ".[bench]"')
+    args.results = args.results or args.work_dir
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    logging.getLogger('timm.utils.checkpoint_saver').setLevel(logging.WARNING)  # its per-epoch checkpoint listing
 
     recipe = Recipe(epochs=args.epochs, seed=args.seed)
     data = write_digits(args.work_dir / 'data', recipe.img_size, seed=recipe.seed)

@@ -155,6 +155,31 @@ def test_inputs_are_checked_before_any_download(tmp_path, images):
     assert time.perf_counter() - start < 60
     assert done.stderr.strip().splitlines() == [f'timm-t2t classify: error: No such image file or folder: '
                                                 f'{tmp_path / "missing.png"}']
+    code = ('import json, sys\nfrom timm_t2t.cli import main\ntry:\n    main(["classify", sys.argv[0]])\n'
+            'except SystemExit as e:\n    print(json.dumps([str(e.code), "torch" in sys.modules]))')
+    message, torch_imported = run_python(code.replace('sys.argv[0]', repr(str(tmp_path / 'missing.png'))))
+    assert message.endswith('No such image file or folder: ' + str(tmp_path / 'missing.png')) and not torch_imported
+
+
+def test_usage_errors_are_one_line(images, capsys):
+    for args, problem in [(['classify', str(images), '--top-k', 'x'],
+                           "argument --top-k: expected a whole number of at least 1, got 'x'"),
+                          (['info'], 'the following arguments are required: MODEL'),
+                          (['classify', '-v'], 'the following arguments are required: IMAGE_OR_FOLDER')]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(args)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f'timm-t2t {args[0]}: error: {problem} (see timm-t2t {args[0]} --help)']
+
+
+@pytest.mark.parametrize('name, message', [
+    ('nonsense', "Unknown model 'nonsense'; `timm-t2t list` shows the T2T-ViT variants."),
+    ('t2t_vit_14.bogus', "t2t_vit_14 has no pretrained tag 'bogus' (its tags: in1k, in1k_384, in1k_ft_cifar10, "
+                         "in1k_ft_cifar100)."),
+])
+def test_info_names_unknown_models_and_tags(name, message):
+    assert _error_line('info', name).endswith(message)
 
 
 def test_offline_fails_fast_in_one_line_saying_what_to_do(tmp_path):
@@ -162,10 +187,10 @@ def test_offline_fails_fast_in_one_line_saying_what_to_do(tmp_path):
     done = _cli('classify', Path(__file__).parents[1] / 'examples' / 'cat.png', env=env)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr
-    assert lines[0].startswith('timm-t2t classify: error: No pretrained weights for t2t_vit_14.in1k here: '
+    assert lines[0].startswith('timm-t2t classify: error: Cannot get the pretrained weights of t2t_vit_14.in1k: '
                                'timm-t2t/t2t_vit_14.in1k is not in the local cache')
     assert 'HF_HUB_OFFLINE is set' in lines[0] and '--weights FILE' in lines[0]
-    assert 'python benchmarks/small_data.py' in lines[0]
+    assert 'pip install -e ".[bench]" && python benchmarks/small_data.py' in lines[0]
 
 
 @pytest.mark.parametrize('content, problem', [
@@ -182,7 +207,7 @@ def test_unreadable_weights_are_named(tmp_path, images, checkpoint, content, pro
 @pytest.mark.parametrize('args, message', [
     (['--model', 't2t_vit_99'], "Unknown model 't2t_vit_99'; `timm-t2t list` shows the T2T-ViT variants."),
     (['--output', 'out.txt'], 'Cannot tell the format of out.txt: name it .csv or .json.'),
-    (['--weights', 'nowhere.pth'], 'No checkpoint file at nowhere.pth.'),
+    (['--weights', 'nowhere.pth'], 'No checkpoint file or model folder at nowhere.pth.'),
 ])
 def test_classify_errors_name_the_problem(images, args, message):
     assert _error_line('classify', images, *args).endswith(message)
@@ -195,8 +220,46 @@ def test_a_file_that_is_not_an_image_is_named(tmp_path, checkpoint):
         f'{text} is not an image Pillow can read (UnidentifiedImageError).')
 
 
-def test_verbose_log_lines_are_not_repeated(images, checkpoint):
-    done = _cli('-v', 'classify', images / 'img0.png', '--weights', checkpoint)
+def test_verbose_says_where_weights_and_preprocessing_come_from_once(images, checkpoint):
+    done = _cli('classify', '-v', images / 'img0.png', '--weights', checkpoint)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == len(set(lines))
+    assert len(lines) == len(set(lines)) == 3, lines
+    assert lines[0] == f'{checkpoint}: t2t_vit_7 with in_chans=3, num_classes=3, img_size=64.'
+    assert lines[1].startswith(f'{checkpoint} carries no preprocessing config: images are prepared as for ImageNet')
+    assert lines[2].startswith('Preprocessing: input_size (3, 64, 64), interpolation bicubic, mean (0.485, ')
+
+
+def test_classify_with_given_preprocessing(images, checkpoint, tmp_path):
+    out = tmp_path / 'out.json'
+    cli_main(['classify', str(images / 'img0.png'), '--weights', str(checkpoint), '--mean', '0.5', '0.5', '0.5',
+              '--std', '0.2', '0.3', '0.4', '--crop-pct', '1.0', '--interpolation', 'bilinear', '--output', str(out)])
+    model = timm.create_model('t2t_vit_7', checkpoint_path=str(checkpoint), **SMALL_7).eval()
+    transform = create_transform(input_size=(3, 64, 64), mean=(.5, .5, .5), std=(.2, .3, .4), crop_pct=1.,
+                                 interpolation='bilinear')
+    with torch.no_grad():
+        top = model(transform(Image.open(images / 'img0.png').convert('RGB'))[None]).softmax(-1).topk(3)
+    predicted = json.loads(out.read_text())[0]
+    assert predicted['classes'] == top.indices[0].tolist()
+    np.testing.assert_allclose(predicted['probabilities'], top.values[0].numpy(), atol=1e-5)
+
+
+def test_classify_a_checkpoint_of_another_architecture(images, tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('t2t_vit_7', **TINY_7).eval()
+    path = tmp_path / 'tiny.pth.tar'
+    torch.save({'state_dict_ema': model.state_dict()}, path)
+    message = _error_line('classify', images, '--weights', path)
+    assert message.endswith(f'{path} fits no registered T2T-ViT variant (width 32, 1 blocks): name the variant it '
+                            f'was built from and the arguments it changed, e.g. --model t2t_vit_7 --model-kwargs '
+                            f'embed_dim=32 depth=1 num_heads=N.')
+    assert _error_line('classify', images, '--weights', path, '--model-kwargs', 'depth=1').endswith(
+        'Model arguments need the variant they change: name it too (--model).')
+    message = _error_line('classify', images, '--weights', path, '--model', 't2t_vit_7')
+    assert message.startswith(f'timm-t2t classify: error: {path} does not fit t2t_vit_7: ')
+    assert '(1, 1, 32) vs (1, 1, 256)' in message and ' more; ' in message and '..' not in message
+
+    out = tmp_path / 'out.json'
+    cli_main(['classify', str(images / 'img0.png'), '--weights', str(path), '--model', 't2t_vit_7', '--model-kwargs',
+              'embed_dim=32', 'depth=1', 'num_heads=2', 'mlp_ratio=1.0', 'token_dim=8', '--output', str(out)])
+    assert json.loads(out.read_text())[0]['classes'] == _expected_top(model, [images / 'img0.png'], 3).indices[0].tolist()

@@ -280,7 +280,7 @@ def test_unreachable_sources_fail_fast_naming_each(tmp_path):
     assert result['error'] == 'WeightsUnavailableError'
     port = endpoint.rsplit(':', 1)[1]
     assert result['message'].startswith(
-        f'No pretrained weights for t2t_vit_7.in1k here: testorg/t2t_vit_7.in1k is not in the local cache and the '
+        f'Cannot get the pretrained weights of t2t_vit_7.in1k: testorg/t2t_vit_7.in1k is not in the local cache and the '
         f'Hugging Face Hub cannot be asked (127.0.0.1:{port}: Connection refused); the release file {url} is not '
         f'cached and cannot be downloaded (127.0.0.1:{port}: Connection refused). Connect to the internet')
     assert '\n' not in result['message']

@@ -4,7 +4,10 @@ import copy
 import pytest
 import timm
 import torch
-from timm.optim.optim_factory import param_groups_layer_decay
+try:
+    from timm.optim import param_groups_layer_decay
+except ImportError:  # older timm (1.0.9) exports it only from optim_factory
+    from timm.optim.optim_factory import param_groups_layer_decay
 
 from timm_t2t import T2TViT
 

@@ -13,6 +13,7 @@ from _timm_t2t_autoload import register_with_timm
 from .version import __version__
 
 _EXPORTS = {
+    'CheckpointMismatchError': 't2t_vit',
     'ConvTokenizer': 't2t_vit',
     'T2TViT': 't2t_vit',
     'TokensToToken': 't2t_vit',

@@ -16,7 +16,7 @@ from _timm_t2t_autoload import register_with_timm
 from .blocks import Transition
 from .hub import cached_weights
 
-__all__ = ['PAPER_MODEL_STATS', 'PAPER_TOP1', 'ModelStats', 'describe_model', 'measure', 'variants']
+__all__ = ['PAPER_MODEL_STATS', 'PAPER_TOP1', 'ModelStats', 'check_model_name', 'describe_model', 'measure', 'variants']
 
 # Paper numbers: (params in millions, GMACs at 224) per architecture, top-1 per released checkpoint.
 PAPER_MODEL_STATS = {
@@ -66,6 +66,17 @@ def _count(name: str, model: torch.nn.Module) -> ModelStats:
     return ModelStats(name, params, counter.get_total_flops() // 2, input_size)
 
 
+def check_model_name(name: str) -> None:
+    """Raise ValueError naming the problem unless `name` is a T2T-ViT entry point, with a pretrained tag it has."""
+    architecture, _, tag = name.partition('.')
+    if architecture not in timm.list_models('t2t_vit*'):
+        raise ValueError(f'Unknown model {architecture!r}; `timm-t2t list` shows the T2T-ViT variants.')
+    tagged = timm.list_pretrained(f'{architecture}.*')
+    if tag and f'{architecture}.{tag}' not in tagged:
+        tags = ', '.join(t.split('.', 1)[1] for t in tagged) or 'none'
+        raise ValueError(f'{architecture} has no pretrained tag {tag!r} (its tags: {tags}).')
+
+
 def measure(name: str, **kwargs: Any) -> ModelStats:
     """Parameters and multiply-accumulates of one forward pass of a registered model at its input size."""
     return _count(name, timm.create_model(name, device='meta', **kwargs))
@@ -105,6 +116,7 @@ def _stem(model: torch.nn.Module) -> str:
 def describe_model(name: str) -> Dict[str, Any]:
     """A model name with or without its pretrained tag, resolved: its pretrained cfg, input size, feature pyramid,
     size and cost, and where its weights come from."""
+    check_model_name(name)
     model = timm.create_model(name, device='meta')
     cfg = model.pretrained_cfg
     features = timm.create_model(name, device='meta', features_only=True)

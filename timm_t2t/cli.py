@@ -1,7 +1,8 @@
 """The `timm-t2t` command: list and describe the models, classify images, convert reference checkpoints.
 
-Arguments are parsed before torch and timm are imported, so `--help` and usage errors answer at once. Every
-failure is one line on stderr (`timm-t2t COMMAND: error: ...`) and exit status 1.
+Arguments are parsed, and image paths checked, before torch and timm are imported, so `--help` and mistakes answer
+at once. Every failure is one line on stderr (`timm-t2t COMMAND: error: ...`): exit status 2 for a command line that
+does not parse, 1 for anything else.
 """
 import argparse
 import ast
@@ -13,6 +14,8 @@ from typing import Any, Dict, List, Optional
 
 __all__ = ['main']
 
+_logger = logging.getLogger(__name__)
+
 _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
 
   timm-t2t list                                     the variants: size, cost, pretrained tags, cached weights
@@ -22,8 +25,16 @@ _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
 
 Run `timm-t2t COMMAND --help` for a command's options.
 """
-_OFFLINE_ADVICE = ('Pass weights you have with --weights FILE, or train the offline digits model '
-                   '(python benchmarks/small_data.py) and classify with --weights runs/digits/t2t_vit_7.')
+_OFFLINE_ADVICE = ('Pass weights you have with --weights FILE, or train a digits model offline in a checkout of '
+                   'timm-t2t (pip install -e ".[bench]" && python benchmarks/small_data.py) and classify with '
+                   '--weights runs/digits/t2t_vit_7.')
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (the usage itself is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
 
 
 class _KeyValues(argparse.Action):
@@ -43,15 +54,26 @@ class _KeyValues(argparse.Action):
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
+        raise argparse.ArgumentTypeError(f'expected a whole number of at least 1, got {text!r}')
     return value
+
+
+def _verbose_flag() -> argparse.ArgumentParser:
+    """`-v` for the subcommands too (`timm-t2t classify -v ...`), not resetting one given before the command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument('-v', '--verbose', action='store_true', default=argparse.SUPPRESS,
+                        help='say where weights come from and how images are preprocessed')
+    return parent
 
 
 def _add_list(subparsers) -> None:
     parser = subparsers.add_parser(
-        'list', help='list the T2T-ViT variants',
+        'list', help='list the T2T-ViT variants', parents=[_verbose_flag()],
         description='Every registered T2T-ViT variant: its stem, width and depth, parameters and MACs (measured on '
                     'the model at its input size), and its pretrained tags with the paper\'s top-1 and whether the '
                     'weights are in the local cache.')
@@ -60,16 +82,17 @@ def _add_list(subparsers) -> None:
 
 def _add_info(subparsers) -> None:
     parser = subparsers.add_parser(
-        'info', help='describe one model',
+        'info', help='describe one model', parents=[_verbose_flag()],
         description='A model\'s resolved pretrained config, input size, feature pyramid (channels and strides of '
                     'features_only) and where its weights come from (Hub repo, release URL, local cache).')
-    parser.add_argument('model', help='model name, optionally with a pretrained tag, e.g. t2t_vit_14.in1k_384')
+    parser.add_argument('model', metavar='MODEL',
+                        help='model name, optionally with a pretrained tag, e.g. t2t_vit_14.in1k_384')
     parser.add_argument('--json', action='store_true', help='print JSON instead of text')
 
 
 def _add_classify(subparsers) -> None:
     parser = subparsers.add_parser(
-        'classify', help='classify images with a T2T-ViT',
+        'classify', help='classify images with a T2T-ViT', parents=[_verbose_flag()],
         description='Print the most likely classes of images under a T2T-ViT: pretrained weights (downloaded on '
                     'first use), a checkpoint file or a saved model folder. Folders are searched recursively.')
     parser.add_argument('images', nargs='+', type=Path, metavar='IMAGE_OR_FOLDER', help='image files or folders')
@@ -77,6 +100,16 @@ def _add_classify(subparsers) -> None:
                         't2t_vit_14; a saved model folder names its own); see `timm-t2t list`')
     parser.add_argument('--weights', type=Path, help='load weights from this checkpoint file (reference or timm '
                         'format) or model folder (config.json + model.safetensors) instead of downloading them')
+    parser.add_argument('--model-kwargs', nargs='+', default={}, action=_KeyValues, metavar='KEY=VALUE',
+                        help='model arguments for a checkpoint of an architecture no entry point builds as it is, '
+                             'e.g. embed_dim=64 depth=2 num_heads=2 (with --model naming the variant it changes)')
+    parser.add_argument('--mean', type=float, nargs='+', metavar='M',
+                        help='normalization mean per channel (default: the model\'s config)')
+    parser.add_argument('--std', type=float, nargs='+', metavar='S',
+                        help='normalization standard deviation per channel (default: the model\'s config)')
+    parser.add_argument('--crop-pct', type=float, help='center crop fraction (default: the model\'s config)')
+    parser.add_argument('--interpolation', choices=('bilinear', 'bicubic', 'nearest'),
+                        help='resize interpolation (default: the model\'s config)')
     parser.add_argument('--top-k', type=_positive_int, default=5, help='classes per image (default: %(default)s)')
     parser.add_argument('--batch-size', type=_positive_int, default=16,
                         help='images per forward pass (default: %(default)s)')
@@ -87,7 +120,7 @@ def _add_classify(subparsers) -> None:
 
 def _add_convert(subparsers) -> None:
     parser = subparsers.add_parser(
-        'convert', help='convert a reference checkpoint to a Hugging Face Hub folder',
+        'convert', help='convert a reference checkpoint to a Hugging Face Hub folder', parents=[_verbose_flag()],
         description='Convert a checkpoint released with (or trained by) the reference T2T-ViT code into timm\'s '
                     'Hugging Face Hub format: model.safetensors, config.json and a model card. The converted '
                     'weights are loaded back through timm and must reproduce the source logits before anything '
@@ -146,7 +179,8 @@ def _info(args: argparse.Namespace) -> None:
     channels, height, width = info['input_size']
     print(f'{info["model"]}: {info["stem"]} stem, {_millions(info["params"])} parameters, '
           f'{info["macs"] / 1e9:.2f} GMACs at {height} x {width}')
-    print(f'input: {channels} x {height} x {width}')
+    print(f'input: {channels} x {height} x {width} (fixed_input_size is timm\'s flag for these weights; the model '
+          f'takes other sizes with img_size=(H, W) or dynamic_img_size=True)')
     print('feature pyramid (features_only): ' + ', '.join(
         f'{f["channels"]} channels at stride {f["stride"]}' for f in info['feature_pyramid']))
     weights = info['weights']
@@ -162,19 +196,34 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _classify(args: argparse.Namespace) -> None:
-    from .hub import WeightsUnavailableError
-    from .predict import classify, find_images, load_classifier, write_predictions
+    from .images import find_images
 
-    images = find_images(args.images)  # inputs first: a typo fails before any download
+    images = find_images(args.images)  # inputs first, before torch loads: a typo fails at once, before any download
     if args.output is not None and args.output.suffix.lower() not in ('.csv', '.json'):
         raise ValueError(f'Cannot tell the format of {args.output}: name it .csv or .json.')
+    if args.weights is not None and not args.weights.exists():
+        raise FileNotFoundError(f'No checkpoint file or model folder at {args.weights}.')
+
+    from .hub import WeightsUnavailableError
+    from .predict import classify, load_classifier, write_predictions
+
     try:
-        model = load_classifier(args.model or ('t2t_vit_14' if args.weights is None else None), args.weights)
+        model = load_classifier(
+            args.model or ('t2t_vit_14' if args.weights is None else None), args.weights, args.model_kwargs)
     except WeightsUnavailableError as e:
         raise WeightsUnavailableError(e.problem, _OFFLINE_ADVICE) from e
+    data_config = {key: getattr(args, key) for key in ('mean', 'std', 'crop_pct', 'interpolation')
+                   if getattr(args, key) is not None}
+    if args.weights is not None and args.weights.is_file() and model.num_classes != 1000 and not data_config:
+        cfg = model.pretrained_cfg  # ImageNet's preprocessing: right for ImageNet weights, a guess for others
+        _logger.warning(
+            f'{args.weights} carries no preprocessing config: images are prepared as for ImageNet (mean '
+            f'{cfg.get("mean")}, std {cfg.get("std")}, crop_pct {cfg.get("crop_pct")}); if it was trained otherwise, '
+            f'pass --mean, --std and --crop-pct.')
     show_progress = args.progress and sys.stderr.isatty() and len(images) > args.batch_size
     predictions = []
-    for prediction in classify(model, images, args.batch_size, args.top_k, progress=show_progress):
+    for prediction in classify(
+            model, images, args.batch_size, args.top_k, progress=show_progress, data_config=data_config):
         predictions.append(prediction)
         print(f'{prediction.path}:')
         for prob, label in zip(prediction.probabilities, prediction.labels):
@@ -204,16 +253,18 @@ def _quiet_libraries(verbose: bool) -> None:
     warnings.filterwarnings('ignore', category=DeprecationWarning)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter('%(message)s'))
+    handler.set_name('timm-t2t command')
     logger = logging.getLogger('timm_t2t')
-    logger.addHandler(handler)
+    logger.handlers = [h for h in logger.handlers if h.get_name() != handler.get_name()] + [handler]  # once a run
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     logger.propagate = False
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog='timm-t2t', description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('-v', '--verbose', action='store_true', help='say where weights come from, and more')
+    parser.add_argument('-v', '--verbose', action='store_true',
+                        help='say where weights come from and how images are preprocessed')
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     _add_list(subparsers)
     _add_info(subparsers)

@@ -229,7 +229,7 @@ def fetch_pretrained_file(
             return _checked(_download_url_file(url, cached), url, validate)
         failures.append(f'the release file {url} is not cached and cannot be downloaded ({problem})')
     if failures:
-        raise WeightsUnavailableError(f'No pretrained weights for {name} here: {"; ".join(failures)}.')
+        raise WeightsUnavailableError(f'Cannot get the pretrained weights of {name}: {"; ".join(failures)}.')
     raise RuntimeError(f'No pretrained weights are available for {name}.')
 
 register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

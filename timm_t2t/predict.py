@@ -12,18 +12,22 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
-from PIL import Image, UnidentifiedImageError
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
+from timm.layers import to_2tuple
+from torch import nn
 
 from _timm_t2t_autoload import register_with_timm
 
 from ._compat import create_model_from_folder
+from .catalog import check_model_name
 from .hub import read_checkpoint
-from .t2t_vit import check_t2t_checkpoint, model_args_from_state_dict, normalize_state_dict
+from .images import find_images, read_image
+from .t2t_vit import (
+    CheckpointMismatchError, check_t2t_checkpoint, model_args_from_state_dict, normalize_state_dict)
 
 __all__ = ['Prediction', 'classify', 'find_images', 'infer_variant', 'load_classifier', 'write_predictions']
 
@@ -41,25 +45,6 @@ class Prediction:
     probabilities: List[float]
 
 
-def find_images(paths: Iterable[PathLike]) -> List[Path]:
-    """The image files named, and those in the folders named (recursively, by extension), in order.
-
-    Raises FileNotFoundError for a path that does not exist and ValueError when no image is found.
-    """
-    extensions = set(Image.registered_extensions())
-    images = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            images += sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in extensions)
-        elif path.is_file():
-            images.append(path)
-        else:
-            raise FileNotFoundError(f'No such image file or folder: {path}')
-    if not images:
-        raise ValueError(f'No image files in {", ".join(map(str, paths))}.')
-    return images
-
-
 # weights whose shape depends on the input size, channels or classes rather than on the architecture
 _ADAPTED = ('pos_embed', 'head.', 'tokens_to_token.attention1.norm1.', 'tokens_to_token.attention1.attn.qkv.',
             'tokens_to_token.convs.0.')
@@ -69,7 +54,13 @@ def _architecture(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int
     return {k: tuple(v.shape) for k, v in state_dict.items() if not k.startswith(_ADAPTED)}
 
 
-def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
+def _describe_backbone(state_dict: Mapping[str, torch.Tensor]) -> Tuple[int, int]:
+    """Token width and number of blocks of a normalized state dict."""
+    blocks = {key.split('.')[1] for key in state_dict if key.startswith('blocks.')}
+    return state_dict['cls_token'].shape[-1], len(blocks)
+
+
+def infer_variant(state_dict: Mapping[str, torch.Tensor], source: str = 'The checkpoint') -> str:
     """The registered T2T-ViT variant whose architecture a normalized state dict fits: one with released weights
     first when several fit (e.g. t2t_vit_14 and t2t_vit_14_resnext differ only in heads)."""
     target = _architecture(state_dict)
@@ -77,48 +68,68 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
         name for name in timm.list_models('t2t_vit*')
         if _architecture(timm.create_model(name, device='meta').state_dict()) == target]
     if not fitting:
-        raise ValueError('The checkpoint fits no registered T2T-ViT variant; name its architecture with a model name.')
+        width, depth = _describe_backbone(state_dict)
+        raise ValueError(
+            f'{source} fits no registered T2T-ViT variant (width {width}, {depth} blocks): name the variant it was '
+            f'built from and the arguments it changed, e.g. --model t2t_vit_7 --model-kwargs embed_dim={width} '
+            f'depth={depth} num_heads=N.')
     fitting.sort(key=lambda name: (not timm.list_pretrained(f'{name}.*'), name))
     if len(fitting) > 1:
-        _logger.warning(f'The checkpoint fits {", ".join(fitting)}; using {fitting[0]} (name another to choose).')
+        _logger.warning(f'{source} fits {", ".join(fitting)}; using {fitting[0]} (name another with --model).')
     return fitting[0]
 
 
-def _model_from_checkpoint(model_name: Optional[str], path: Path) -> torch.nn.Module:
+def _model_from_checkpoint(model_name: Optional[str], path: Path, model_kwargs: Mapping[str, Any]) -> nn.Module:
     state_dict = read_checkpoint(path)
     try:
         check_t2t_checkpoint(state_dict)
     except ValueError as e:
         raise ValueError(f'{path} is not a T2T-ViT checkpoint: {e}') from e
     state_dict = normalize_state_dict(state_dict)
-    model_name = model_name or infer_variant(state_dict)
-    args = model_args_from_state_dict(state_dict)
+    model_name = model_name or infer_variant(state_dict, source=str(path))
+    args = {**model_args_from_state_dict(state_dict), **model_kwargs}
     overlay = dict(file=str(path))
     if 'num_classes' in args:
         overlay['num_classes'] = args['num_classes']
     if 'img_size' in args:
-        overlay['input_size'] = (args.get('in_chans', 3), args['img_size'], args['img_size'])
-    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **args)
+        overlay['input_size'] = (args.get('in_chans', 3), *to_2tuple(args['img_size']))
+    _logger.info(f'{path}: {model_name} with {", ".join(f"{k}={v}" for k, v in args.items())}.')
+    try:
+        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **args)
+    except CheckpointMismatchError as e:
+        raise CheckpointMismatchError(f'{path} does not fit {model_name}', e.mismatch) from e
 
 
-def load_classifier(model_name: Optional[str] = 't2t_vit_14', weights: Optional[PathLike] = None) -> torch.nn.Module:
+def load_classifier(
+        model_name: Optional[str] = 't2t_vit_14',
+        weights: Optional[PathLike] = None,
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+) -> nn.Module:
     """A T2T-ViT in eval mode with its weights: `model_name`'s pretrained ones, or those of `weights`, a checkpoint
     file (its classes, channels and input size are read from it, and the variant too unless `model_name` says) or a
-    folder written by `save_for_hf` (which names its own architecture)."""
-    if model_name and not timm.is_model(model_name.split('.')[0]):
-        raise ValueError(f'Unknown model {model_name!r}; `timm-t2t list` shows the T2T-ViT variants.')
+    folder written by `save_for_hf` (which names its own architecture). `model_kwargs` go to `timm.create_model`
+    (for a checkpoint of an architecture no entry point builds as it is, e.g. `depth=2`)."""
+    model_kwargs = dict(model_kwargs or {})
+    if model_name:
+        check_model_name(model_name)
     if weights is None:
-        return timm.create_model(model_name, pretrained=True).eval()
+        return timm.create_model(model_name, pretrained=True, **model_kwargs).eval()
     weights = Path(weights)
     if weights.is_dir():
         if not (weights / 'config.json').is_file():
             raise FileNotFoundError(f'{weights} is a folder without config.json: not a saved model folder.')
+        if model_kwargs:
+            raise ValueError(f'{weights} is a saved model folder, which names its own arguments: leave out the '
+                             f'model arguments.')
         model = create_model_from_folder(weights)
         architecture = model.pretrained_cfg.get('architecture')
         if model_name and model_name.split('.')[0] != architecture:
             raise ValueError(f'{weights} holds a {architecture}, not a {model_name}; leave out the model name.')
+        _logger.info(f'{weights}: a saved {architecture}.')
         return model.eval()
-    return _model_from_checkpoint(model_name, weights).eval()
+    if model_kwargs and not model_name:
+        raise ValueError('Model arguments need the variant they change: name it too (--model).')
+    return _model_from_checkpoint(model_name, weights, model_kwargs).eval()
 
 
 def _label_names(model: torch.nn.Module) -> List[str]:
@@ -129,14 +140,6 @@ def _label_names(model: torch.nn.Module) -> List[str]:
         info = ImageNetInfo()
         return [info.index_to_description(i) for i in range(1000)]
     return [f'class {i}' for i in range(model.num_classes)]
-
-
-def _read_image(path: Path, mode: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert(mode)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f'{path} is not an image Pillow can read ({type(e).__name__}).') from e
 
 
 def _progress(total: int, enabled: bool):
@@ -152,6 +155,7 @@ def classify(
         batch_size: int = 16,
         top_k: int = 5,
         progress: bool = False,
+        data_config: Optional[Mapping[str, Any]] = None,
 ) -> Iterator[Prediction]:
     """Top-k predictions for each image, computed in batches with the model's own data config.
 
@@ -161,12 +165,15 @@ def classify(
         batch_size: Images per forward pass.
         top_k: Classes kept per image.
         progress: Show a progress bar on stderr.
+        data_config: Preprocessing that differs from the model's config (`mean`, `std`, `crop_pct`,
+            `interpolation`), as timm's `resolve_data_config` reads it.
     """
     if batch_size < 1 or top_k < 1:
         raise ValueError(f'batch_size and top_k must be at least 1, got {batch_size} and {top_k}.')
-    config = resolve_data_config(model=model)
+    config = resolve_data_config(args=dict(data_config or {}), model=model)
     if getattr(model, 'img_size', None) is not None:  # the size it was built for (timm < 1.0.31 records only the
         config['input_size'] = (model.in_chans, *model.img_size)  # pretrained weights' size in the config)
+    _logger.info(f'Preprocessing: {", ".join(f"{k} {v}" for k, v in config.items())}.')
     in_chans = config['input_size'][0]
     if in_chans not in (1, 3):
         raise ValueError(f'Images are read as RGB or grayscale; this model takes {in_chans} channels.')
@@ -177,7 +184,7 @@ def classify(
     try:
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
-            x = torch.stack([transform(_read_image(path, mode)) for path in batch])
+            x = torch.stack([transform(read_image(path, mode)) for path in batch])
             with torch.inference_mode():
                 probs = model(x).softmax(dim=-1)
             top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)

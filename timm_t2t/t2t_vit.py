@@ -58,7 +58,7 @@ from .attention import attention_kernel_flags, dot_product_attention, performer_
 from .blocks import Attention, DenseBlock, GhostAttention, GhostMlp, SqueezeExciteAttention, Transition
 from .hub import fetch_pretrained_file, hub_repo_id
 
-__all__ = ['T2TViT', 'TokensToToken', 'ConvTokenizer']
+__all__ = ['T2TViT', 'TokensToToken', 'ConvTokenizer', 'CheckpointMismatchError']
 
 _logger = logging.getLogger(__name__)
 
@@ -680,7 +680,7 @@ class T2TViT(nn.Module):
         if strict:
             mismatch = describe_mismatch(self.state_dict(), prepared)
             if mismatch:
-                raise RuntimeError(f'The checkpoint does not fit this {type(self).__name__}: {mismatch}.')
+                raise CheckpointMismatchError(f'The checkpoint does not fit this {type(self).__name__}', mismatch)
         return super().load_state_dict(prepared, strict=strict, assign=assign)
 
     @torch.jit.ignore
@@ -1045,6 +1045,14 @@ def _t2t_layer_kind(state_dict: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
+class CheckpointMismatchError(RuntimeError):
+    """Weights that do not fit a model; `mismatch` names the keys (see `describe_mismatch`)."""
+
+    def __init__(self, context: str, mismatch: str) -> None:
+        super().__init__(f'{context}: {mismatch}.')
+        self.mismatch = mismatch
+
+
 def describe_mismatch(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> str:
     """One line naming the keys by which a state dict (in this model's format) does not fit a model's own state
     dict `own`; '' if it fits."""
@@ -1060,7 +1068,7 @@ def describe_mismatch(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, 
             for k, v in state_dict.items() if k in own and v.shape != own[k].shape]),
     )
     problems += [
-        f'{len(keys)} keys {label}: {", ".join(keys[:3])}{", ..." if len(keys) > 3 else ""}'
+        f'{len(keys)} keys {label}: {", ".join(keys[:3])}{f" and {len(keys) - 3} more" if len(keys) > 3 else ""}'
         for label, keys in groups if keys]
     return '; '.join(problems)
 
