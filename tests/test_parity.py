@@ -13,7 +13,14 @@ from benchmarks.reference_t2t import (
 from timm_t2t import T2TViT
 from timm_t2t.t2t_vit import sinusoid_pos_embed
 
-from parity_cases import MAIN_FAMILY_CASES, PARITY_CASES, load_parity_case
+from parity_cases import (
+    FULL_SIZE_FIXTURE,
+    MAIN_FAMILY_CASES,
+    PARITY_CASES,
+    SMALL_NORMALIZER_CASES,
+    load_parity_case,
+    perturbed_reference_state_dict,
+)
 
 ATOL = 1e-5  # float32 round-off on logits of size ~1 (the contract allows 1e-4)
 
@@ -66,7 +73,18 @@ def test_pretrained_file_overlay(parity_case):
     torch.testing.assert_close(_logits(model, parity_case.inputs), parity_case.logits['state_dict_ema'], rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize('name', MAIN_FAMILY_CASES)
+@pytest.mark.parametrize('name', SMALL_NORMALIZER_CASES)
+def test_tiny_and_underflowing_normalizers_match_the_reference(name):
+    """Where the Performer's normalizer is tiny or underflows, the reference's eps decides the output: kept exact."""
+    case = load_parity_case(name)
+    model = T2TViT(**case.model_kwargs)
+    model.load_state_dict(case.checkpoint['state_dict_ema'])
+    torch.testing.assert_close(_logits(model, case.inputs), case.logits['state_dict_ema'], rtol=0, atol=ATOL)
+    model = _create(case, checkpoint_path=str(case.checkpoint_path))
+    torch.testing.assert_close(_logits(model, case.inputs), case.logits['state_dict_ema'], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize('name', MAIN_FAMILY_CASES + SMALL_NORMALIZER_CASES)
 def test_reference_math_reproduces_reference_logits(name):
     """The benchmarks' re-implementation of the reference is the reference, numerically."""
     case = load_parity_case(name)
@@ -98,3 +116,19 @@ def test_every_entry_point_matches_the_reference(variant, tmp_path):
 
     model = timm.create_model(variant, checkpoint_path=str(path))
     torch.testing.assert_close(_logits(model, inputs), _logits(reference, inputs), rtol=0, atol=ATOL)
+
+
+@pytest.fixture(scope='module')
+def full_size_cases():
+    return torch.load(FULL_SIZE_FIXTURE, weights_only=True)
+
+
+@pytest.mark.parametrize('variant', ['t2t_vit_14', 't2t_vit_14_se', 't2t_vit_dense', 't2t_vit_16_ghost'])
+def test_perturbed_full_size_checkpoint_matches_the_reference(full_size_cases, variant, tmp_path):
+    """Full-size weights perturbed by N(0, 0.02^2), where the reference's eps moves logits by ~5e-4, give the logits
+    the reference code gave for them."""
+    case = full_size_cases['cases'][variant]
+    path = tmp_path / 'checkpoint.pth.tar'
+    torch.save(training_checkpoint(perturbed_reference_state_dict(case)), path)
+    model = timm.create_model(variant, checkpoint_path=str(path))
+    torch.testing.assert_close(_logits(model, full_size_cases['input']), case['logits'], rtol=0, atol=ATOL)

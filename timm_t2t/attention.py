@@ -10,6 +10,7 @@ precision it runs in:
 - The Performer estimates softmax attention with positive random features. Its exponentials are stabilised so
   that nothing overflows in any precision; the feature maps are summed in float32.
 """
+import math
 import os
 from typing import Tuple
 
@@ -79,6 +80,7 @@ def _performer_attention_fp32(
 ) -> torch.Tensor:
     dtype = v.dtype
     random_features = random_features.float()
+    num_features = random_features.shape[0]
     # exp(zq_i + zk_j) is computed as exp(zq_i + c - s_i) * exp(zk_j - c): c, the keys' maximum per feature, and
     # s_i, each query's maximum, cancel in the ratio below. Every factor is at most 1 and each query's largest
     # term is 1, so nothing overflows, the normalizer is at least 1, and only negligible terms can underflow.
@@ -86,10 +88,16 @@ def _performer_attention_fp32(
     key_max = k_exponents.amax(dim=-2, keepdim=True).detach()  # (B, 1, m)
     k_features = k_exponents.sub_(key_max).exp_()
     q_exponents = _softmax_kernel_exponents(q.float(), random_features).add_(key_max)
-    q_features = q_exponents.sub_(q_exponents.amax(dim=-1, keepdim=True).detach()).exp_()
+    query_max = q_exponents.amax(dim=-1, keepdim=True).detach()  # (B, L, 1)
+    q_features = q_exponents.sub_(query_max).exp_()
     kv = k_features.transpose(-2, -1) @ v.float()  # (B, m, D)
     normalizer = q_features @ k_features.sum(dim=-2).unsqueeze(-1)  # (B, L, 1)
-    return ((q_features / normalizer.add_(eps)) @ kv).to(dtype)
+    if eps > 0.:
+        # The normalizer above is m * exp(-s_i) times the unstabilised one (features carry 1/sqrt(m) each), so
+        # eps joins it as eps * m * exp(-s_i), formed in log space: where the unstabilised normalizer is tiny or
+        # underflows, eps dominates as it does there, and an infinite term gives the zero output it gives there.
+        normalizer.add_((math.log(eps * num_features) - query_max).exp_())
+    return ((q_features / normalizer) @ kv).to(dtype)
 
 
 @torch.jit.unused
@@ -118,13 +126,16 @@ def performer_attention(
 ) -> torch.Tensor:
     """Performer (FAVOR+) attention phi(q) (phi(k)^T v) / (phi(q) sum_j phi(k_j)), linear in tokens.
 
-    Computed in float32 with autocast off, so `eps` stays meaningful and nothing overflows under fp16 / bf16
-    autocast; the result is returned in the dtype of `v`. No L x L matrix is formed.
+    The reference's function, eps included, in every regime where the reference is finite: exponentials are
+    stabilised per query and per feature, and `eps` is added in the stabilised scale, so it weighs exactly as
+    in the reference's unstabilised normalizer (also where that normalizer underflows). Computed in float32 with
+    autocast off, so nothing overflows under fp16 / bf16 autocast; the result is returned in the dtype of `v`.
+    No L x L matrix is formed.
 
     Args:
         q, k, v: Queries, keys and values (B, L, D).
         random_features: Fixed random feature matrix w (m, D).
-        eps: Added to the normalizer.
+        eps: Added to the reference's (unstabilised) normalizer.
     """
     if torch.jit.is_scripting():
         return _performer_attention_fp32(q, k, v, random_features, eps)
