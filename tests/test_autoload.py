@@ -1,4 +1,10 @@
 """The installed package registers its models whenever timm is imported, in fresh interpreters."""
+import pathlib
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
 import pytest
 
 from fresh_python import run_python
@@ -75,3 +81,68 @@ def test_registry_metadata():
 def test_hub_organisation_is_a_setting():
     code = 'import json, timm; print(json.dumps(timm.models.get_pretrained_cfg("t2t_vit_t_24.in1k").hf_hub_id))'
     assert _run(code, TIMM_T2T_HUB_ORG='my-org') == 'my-org/t2t_vit_t_24.in1k'
+
+
+_MODULES = ['attention', 'blocks', 'catalog', 'convert', 'hub', 'patch_embed', 'predict', 't2t_vit']
+_REGISTERED = 'import json, sys, timm, _timm_t2t_autoload as hook\n' \
+              'print(json.dumps(dict(models=sorted(timm.list_models("t2t_vit*")),\n' \
+              '    finders=sum(isinstance(f, hook.RegistrationFinder) for f in sys.meta_path))))'
+
+
+@pytest.mark.parametrize('module', _MODULES)
+def test_importing_any_module_first_registers_once_complete(module):
+    """With the start-up hook off, the package arms the registration itself: whichever module comes first (most
+    import timm half-way through), the models register once it is complete, and the finder steps aside."""
+    result = _run(f'import timm_t2t.{module}\n' + _REGISTERED, TIMM_T2T_AUTOLOAD='0')
+    assert result == {'models': EXPECTED, 'finders': 0}
+
+
+def test_finder_is_armed_at_start_and_gone_after_registration():
+    code = 'import json, sys, _timm_t2t_autoload as hook\n' \
+           'before = sum(isinstance(f, hook.RegistrationFinder) for f in sys.meta_path)\n' \
+           'hook.install(); hook.install()\n' \
+           'again = sum(isinstance(f, hook.RegistrationFinder) for f in sys.meta_path)\n' \
+           'import timm\n' \
+           'after = sum(isinstance(f, hook.RegistrationFinder) for f in sys.meta_path)\n' \
+           'print(json.dumps([before, again, after, len(timm.list_models("t2t_vit*"))]))'
+    assert _run(code) == [1, 1, 0, len(EXPECTED)]
+
+
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    """The wheel `pip install .` would install, built by the project's build backend."""
+    out = tmp_path_factory.mktemp('wheel')
+    root = pathlib.Path(__file__).parents[1]
+    build = f'from hatchling.build import build_wheel; print(build_wheel({str(out)!r}))'
+    name = subprocess.run([sys.executable, '-c', build], cwd=root, capture_output=True, text=True, check=True)
+    return zipfile.ZipFile(out / name.stdout.strip().splitlines()[-1])
+
+
+def _lines(wheel: zipfile.ZipFile, name: str):
+    text = wheel.read(name).decode('utf-8')
+    return [line for line in text.splitlines() if line.strip() and not line.startswith('#')]
+
+
+def test_wheel_ships_the_hook_for_every_python(wheel):
+    names = set(wheel.namelist())
+    assert {'_timm_t2t_autoload.py', 'timm_t2t_autoload.pth', 'timm_t2t_autoload.start'} <= names
+    assert 'timm_t2t/t2t_vit.py' in names
+    # PEP 829: a .start file of the same name turns off the .pth's import line on 3.15+, so one of them runs
+    assert _lines(wheel, 'timm_t2t_autoload.start') == ['_timm_t2t_autoload:install']
+    assert _lines(wheel, 'timm_t2t_autoload.pth') == ['import _timm_t2t_autoload; _timm_t2t_autoload.install()']
+
+
+def test_start_entry_point_alone_registers_the_models(wheel):
+    """As Python 3.15+ runs it: no .pth import line (site is off here), the .start entry point resolved by
+    pkgutil.resolve_name and called, then a plain `import timm`."""
+    entry_point, = _lines(wheel, 'timm_t2t_autoload.start')
+    paths = [str(pathlib.Path(__file__).parents[1]), sysconfig.get_paths()['purelib']]
+    code = f'import sys; sys.path[:0] = {paths!r}\n' \
+           f'import pkgutil; pkgutil.resolve_name({entry_point!r})()\n' + _REGISTERED
+    assert _run_flags(code, '-S') == {'models': EXPECTED, 'finders': 0}
+    code = f'import sys; sys.path[:0] = {paths!r}\n' + _REGISTERED
+    assert _run_flags(code, '-S') == {'models': [], 'finders': 0}  # without it, nothing registers
+
+
+def _run_flags(code: str, *flags: str):
+    return run_python(code, flags=flags)

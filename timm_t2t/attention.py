@@ -18,12 +18,9 @@ import torch
 import torch.nn.functional as F
 from timm.layers import use_fused_attn
 
-from _timm_t2t_autoload import register_with_timm
-
 from ._compat import is_autocast_available, register_notrace_function
 
 __all__ = ['attention_kernel_flags', 'dot_product_attention', 'performer_attention']
-
 
 
 def attention_kernel_flags() -> Tuple[bool, bool]:
@@ -140,5 +137,3 @@ def performer_attention(
     if torch.jit.is_scripting():
         return _performer_attention_fp32(q, k, v, random_features, eps)
     return _performer_attention_autocast_off(q, k, v, random_features, eps)
-
-register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

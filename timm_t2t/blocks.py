@@ -16,8 +16,6 @@ import torch
 import torch.nn as nn
 from torch.jit import Final
 
-from _timm_t2t_autoload import register_with_timm
-
 from ._compat import Block
 from .attention import attention_kernel_flags, dot_product_attention
 
@@ -266,5 +264,3 @@ class Transition(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.linear(x))
-
-register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

@@ -11,8 +11,6 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _timm_t2t_autoload import register_with_timm
-
 from .blocks import Transition
 from .hub import cached_weights
 
@@ -140,5 +138,3 @@ def describe_model(name: str) -> Dict[str, Any]:
             paper_top1=PAPER_TOP1.get(tagged),
         ) if has_weights else None,
     )
-
-register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

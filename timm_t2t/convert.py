@@ -16,8 +16,6 @@ import torch
 from huggingface_hub import HfApi
 from timm.models._hub import generate_readme
 
-from _timm_t2t_autoload import register_with_timm
-
 from ._compat import create_model_from_folder, save_for_hf
 from .catalog import PAPER_MODEL_STATS, PAPER_TOP1
 from .hub import InvalidCheckpointError, read_checkpoint
@@ -207,5 +205,3 @@ def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, t
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message='Add T2T-ViT weights')
     return commit.commit_url
-
-register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

@@ -23,8 +23,6 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 from timm.models._hub import hf_split
 
-from _timm_t2t_autoload import register_with_timm
-
 from ._compat import load_state_dict
 
 __all__ = [
@@ -231,5 +229,3 @@ def fetch_pretrained_file(
     if failures:
         raise WeightsUnavailableError(f'Cannot get the pretrained weights of {name}: {"; ".join(failures)}.')
     raise RuntimeError(f'No pretrained weights are available for {name}.')
-
-register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

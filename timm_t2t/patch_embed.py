@@ -17,8 +17,6 @@ import torch.nn.functional as F
 from timm.layers import LayerType, get_act_layer, get_norm_layer
 from torch.jit import Final
 
-from _timm_t2t_autoload import register_with_timm
-
 from ._compat import make_layer
 from .hub import read_checkpoint
 from .t2t_vit import (
@@ -215,5 +213,3 @@ class T2TPatchEmbed(nn.Module):
             return x
         x = x.reshape(x.shape[0], grid[0], grid[1], x.shape[-1])
         return x if self.output_nhwc else x.permute(0, 3, 1, 2)
-
-register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now

@@ -20,8 +20,6 @@ from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from timm.layers import to_2tuple
 from torch import nn
 
-from _timm_t2t_autoload import register_with_timm
-
 from ._compat import create_model_from_folder
 from .catalog import check_model_name
 from .hub import read_checkpoint
@@ -211,6 +209,3 @@ def write_predictions(predictions: Sequence[Prediction], path: PathLike) -> None
                     writer.writerow([p.path, rank, index, label, f'{prob:.6f}'])
     else:
         raise ValueError(f'Cannot tell the format of {path}: name it .csv or .json.')
-
-
-register_with_timm(completing=__name__)  # this module is complete: the models can register with timm now
