@@ -148,6 +148,13 @@ else:
             return x
 
 
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing the caller (`torch.compiler.is_compiling` from torch 2.3)."""
+    if hasattr(torch, 'compiler') and hasattr(torch.compiler, 'is_compiling'):
+        return torch.compiler.is_compiling()
+    return torch._dynamo.is_compiling()
+
+
 def is_autocast_available(device_type: str) -> bool:
     """Whether `torch.autocast` takes this device type (torch.amp's own test from torch 2.4)."""
     if hasattr(torch.amp, 'is_autocast_available'):

@@ -3,24 +3,35 @@
 Each kernel picks its implementation from the device and dtype it is given, so that one model is fast in every
 precision it runs in:
 
-- Softmax attention uses the fused kernel (`F.scaled_dot_product_attention`) when timm's switch allows it, except
-  on the CPU in reduced precision over short sequences, where the eager matmul-softmax-matmul path measures faster
-  (`benchmarks/attention_kernels.py`). Setting `TIMM_FUSED_ATTN=1` forces the fused kernel everywhere, `0` the
-  eager one, as for timm's own models.
+- Softmax attention uses the fused kernel (`F.scaled_dot_product_attention`) when timm's switch allows it. On the
+  CPU in reduced precision, which of the fused kernel and the eager matmul-softmax-matmul path is faster depends on
+  the processor and on whether gradients are needed (on one Xeon with AMX the fused kernel won inference by 1.7x
+  and lost training by 2.7x; on an EPYC eager won both), so there the two are timed once per kind of call (dtype,
+  grad mode, head width, batch x heads and tokens to the next power of two, threads) on the inputs at hand, and the
+  faster one is kept for the process (`cpu_kernel_choices` lists the choices). Setting `TIMM_FUSED_ATTN=1` forces
+  the fused kernel everywhere, `0` the eager one, as for timm's own models.
 - The Performer estimates softmax attention with positive random features. Its exponentials are stabilised so
   that nothing overflows in any precision; the feature maps are summed in float32.
 """
+import logging
 import math
 import os
-from typing import Tuple
+import time
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from timm.layers import use_fused_attn
 
-from ._compat import is_autocast_available, register_notrace_function
+from ._compat import is_autocast_available, is_compiling, register_notrace_function
 
-__all__ = ['attention_kernel_flags', 'dot_product_attention', 'performer_attention']
+__all__ = ['attention_kernel_flags', 'cpu_kernel_choices', 'dot_product_attention', 'performer_attention']
+
+_logger = logging.getLogger(__name__)
+
+# (dtype, grad mode, head width, batch x heads bucket, tokens bucket, threads) -> the fused kernel is faster
+_CPU_KERNEL_CHOICES: Dict[Tuple, bool] = {}
+_TIMING_ROUNDS = 3
 
 
 def attention_kernel_flags() -> Tuple[bool, bool]:
@@ -28,6 +39,57 @@ def attention_kernel_flags() -> Tuple[bool, bool]:
     user asked for it explicitly (`TIMM_FUSED_ATTN` set), in which case it is used on every device and dtype."""
     fused = use_fused_attn()
     return fused, fused and bool(os.environ.get('TIMM_FUSED_ATTN', '').strip())
+
+
+def cpu_kernel_choices() -> Dict[Tuple, str]:
+    """The kernels chosen by timing in this process: (dtype, grad, head_dim, batch x heads up to, tokens up to,
+    threads) -> 'fused' or 'eager'."""
+    return {key: 'fused' if fused else 'eager' for key, fused in _CPU_KERNEL_CHOICES.items()}
+
+
+def _eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float) -> torch.Tensor:
+    attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    if dropout_p > 0.:
+        attn = F.dropout(attn, p=dropout_p)
+    return attn @ v
+
+
+def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _seconds(kernel: Callable, inputs: Tuple[torch.Tensor, ...], scale: float, backward: bool) -> float:
+    """Best of a few timed calls (after one warm-up) of a kernel, with its backward pass when training."""
+    best = math.inf
+    for round_index in range(_TIMING_ROUNDS + 1):
+        start = time.perf_counter()
+        out = kernel(*inputs, scale, 0.)
+        if backward:
+            out.sum().backward()
+        if round_index:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.jit.unused
+def _fused_is_faster_on_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> bool:
+    """Whether the fused kernel beats the eager one for calls like this one, timed once per kind of call."""
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    key = (q.dtype, training, q.shape[-1], _next_power_of_two(q.shape[0] * q.shape[1]),
+           _next_power_of_two(q.shape[-2]), torch.get_num_threads())
+    fused = _CPU_KERNEL_CHOICES.get(key)
+    if fused is None:
+        with torch.enable_grad() if training else torch.no_grad():
+            inputs = tuple(t.detach().requires_grad_(training) for t in (q, k, v))
+            fused_time = _seconds(_fused_attention, inputs, scale, training)
+            eager_time = _seconds(_eager_attention, inputs, scale, training)
+        fused = _CPU_KERNEL_CHOICES[key] = fused_time < eager_time
+        _logger.debug(f'CPU attention for {key}: fused {fused_time * 1e3:.2f} ms, eager {eager_time * 1e3:.2f} ms.')
+    return fused
 
 
 @torch.fx.wrap
@@ -50,16 +112,14 @@ def dot_product_attention(
         fused: The fused kernel is allowed (timm's switch).
         forced: Use the fused kernel even where the eager path is faster.
     """
-    low_precision = q.dtype == torch.bfloat16 or q.dtype == torch.float16
-    # up to ~1k tokens (measured crossover between 784 and 3136, forward and backward; beyond it the L x L scores
-    # outgrow the caches)
-    eager_is_faster = q.device.type == 'cpu' and low_precision and q.shape[-2] <= 1024
-    if fused and (forced or not eager_is_faster):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-    attn = ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-    if dropout_p > 0.:
-        attn = F.dropout(attn, p=dropout_p)
-    return attn @ v
+    if not torch.jit.is_scripting():  # timed in eager runs only: a scripted, traced or compiled graph takes fused
+        low_precision = q.dtype == torch.bfloat16 or q.dtype == torch.float16
+        if fused and not forced and low_precision and q.device.type == 'cpu':
+            if not torch.jit.is_tracing() and not is_compiling():
+                fused = _fused_is_faster_on_cpu(q, k, v, scale)
+    if fused:
+        return _fused_attention(q, k, v, scale, dropout_p)
+    return _eager_attention(q, k, v, scale, dropout_p)
 
 
 def _softmax_kernel_exponents(x: torch.Tensor, random_features: torch.Tensor) -> torch.Tensor:
