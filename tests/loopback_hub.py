@@ -1,7 +1,9 @@
 """A loopback HTTP server that answers file downloads and uploads the way the Hugging Face Hub does.
 
 `/{org}/{repo}/resolve/{revision}/{filename}` serves Hub repo files, with the headers huggingface_hub reads
-(X-Repo-Commit, ETag, Content-Length) and the Hub's error codes for missing repos and files.
+(X-Repo-Commit, ETag, Content-Length) and the Hub's error codes for missing repos, revisions and files. `repos` holds
+each repo's files on main; every `add_folder` and upload is also kept as a commit (its id: the SHA-1 of the files),
+which stays downloadable by that id after main has moved on.
 `/releases/{filename}` serves plain downloads, like GitHub release assets. `POST /api/repos/create`,
 `/api/validate-yaml`, `/api/models/{repo}/preupload/{revision}` and `/api/models/{repo}/commit/{revision}` take what
 `HfApi.create_repo` and `HfApi.upload_folder` send (every file as a regular, non-LFS upload). Every request is recorded.
@@ -18,6 +20,7 @@ from typing import Dict, List, Tuple
 class LoopbackHub:
     def __init__(self) -> None:
         self.repos: Dict[str, Dict[str, bytes]] = {}
+        self.commits: Dict[str, Dict[str, Dict[str, bytes]]] = {}
         self.releases: Dict[str, bytes] = {}
         self.requests: List[Tuple[str, str]] = []
         self._server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
@@ -28,11 +31,26 @@ class LoopbackHub:
         host, port = self._server.server_address[:2]
         return f'http://{host}:{port}'
 
-    def add_folder(self, repo_id: str, folder: Path) -> None:
+    def add_folder(self, repo_id: str, folder: Path) -> str:
+        """Put a folder's files on the repo's main branch, as a new commit; returns its id."""
         self.repos[repo_id] = {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+        return self._commit(repo_id)
 
     def requests_to(self, path_prefix: str) -> List[Tuple[str, str]]:
         return [r for r in self.requests if r[1].startswith(path_prefix)]
+
+    def requested_revisions(self, repo_id: str) -> List[str]:
+        """The revisions of `repo_id` that file requests asked for, in order."""
+        return [path.split('?')[0].split('/')[4] for _, path in self.requests_to(f'/{repo_id}/resolve/')]
+
+    @staticmethod
+    def _commit_id(files: Dict[str, bytes]) -> str:
+        return hashlib.sha1(b''.join(sorted(files.values()))).hexdigest()
+
+    def _commit(self, repo_id: str) -> str:
+        commit = self._commit_id(self.repos[repo_id])
+        self.commits.setdefault(repo_id, {})[commit] = dict(self.repos[repo_id])
+        return commit
 
     def __enter__(self) -> 'LoopbackHub':
         self._thread.start()
@@ -49,13 +67,19 @@ class LoopbackHub:
                 return 404, {}, b'Not Found'
             return 200, {}, self.releases[parts[1]]
         if len(parts) >= 5 and parts[2] == 'resolve':
-            repo_id, filename = '/'.join(parts[:2]), '/'.join(parts[4:])
+            repo_id, revision, filename = '/'.join(parts[:2]), parts[3], '/'.join(parts[4:])
             if repo_id not in self.repos:
                 return 404, {'X-Error-Code': 'RepoNotFound'}, b'{"error": "Repository not found"}'
-            if filename not in self.repos[repo_id]:
+            head = self._commit_id(self.repos[repo_id])
+            if revision in ('main', head):
+                files, commit = self.repos[repo_id], head
+            elif revision in self.commits.get(repo_id, {}):
+                files, commit = self.commits[repo_id][revision], revision
+            else:
+                return 404, {'X-Error-Code': 'RevisionNotFound'}, b'{"error": "Revision not found"}'
+            if filename not in files:
                 return 404, {'X-Error-Code': 'EntryNotFound'}, b'{"error": "Entry not found"}'
-            content = self.repos[repo_id][filename]
-            commit = hashlib.sha1(b''.join(sorted(self.repos[repo_id].values()))).hexdigest()
+            content = files[filename]
             return 200, {'X-Repo-Commit': commit, 'ETag': f'"{hashlib.sha256(content).hexdigest()}"'}, content
         return 404, {}, b'Not Found'
 
@@ -80,7 +104,7 @@ class LoopbackHub:
                 item = json.loads(line)
                 if item['key'] == 'file':
                     self.repos[repo_id][item['value']['path']] = base64.b64decode(item['value']['content'])
-            commit = hashlib.sha1(body).hexdigest()
+            commit = self._commit(repo_id)
             return 200, {'commitUrl': f'{self.url}/{repo_id}/commit/{commit}', 'commitOid': commit,
                          'pullRequestUrl': None}
         return 404, {'error': 'Not Found'}

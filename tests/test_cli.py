@@ -101,17 +101,27 @@ def test_list_measures_every_variant(tmp_path):
     assert 'in1k* (71.7)' in table and 't2t_vit_16_ghost' in table
 
 
-def test_info_names_pyramid_and_weight_sources():
-    done = _cli('info', 't2t_vit_14.in1k_384', '--json')
+def test_info_names_pyramid_and_weight_sources(tmp_path):
+    done = _cli('info', 't2t_vit_14.in1k_384', '--json', env=dict(TORCH_HOME=str(tmp_path / 'torch')))
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info['input_size'] == [3, 384, 384]
     assert [(f['channels'], f['stride']) for f in info['feature_pyramid']] == [(64, 4), (64, 8), (384, 16)]
     assert info['weights']['hub'] == 'timm-t2t/t2t_vit_14.in1k_384'
+    assert (info['weights']['hub_revision'], info['weights']['hub_pinned']) == (None, False)
     assert info['weights']['release_url'].endswith('/83.3_T2T_ViT_14.pth.tar')
+    assert info['weights']['release_digest'] == dict(published=False, size=None, sha384=None, first_download=None)
     assert info['weights']['paper_top1'] == 83.3 and info['pretrained_cfg']['crop_pct'] == 0.9
     text = _cli('info', 't2t_vit_c_14').stdout
     assert 'weights: none released' in text and '384 channels at stride 16' in text
+
+
+def test_info_shows_the_published_digest_and_that_no_tag_is_pinned():
+    text = _cli('info', 't2t_vit_14.in1k').stdout
+    assert ('weights: Hugging Face Hub timm-t2t/t2t_vit_14.in1k (not pinned: follows main), falling back to '
+            'https://github.com/yitu-opensource/T2T-ViT/releases/download/main/81.5_T2T_ViT_14.pth.tar\n'
+            '         release file digest: sha384 98c8ae06a1e9997f3e83ad2dfbac49985bf7bd7723eb64e4b8462338163be026'
+            '57998f0bd9f8997367417003caeaf7a1, 86,212,823 bytes (published)\n') in text
 
 
 def test_classify_folders_in_batches_with_outputs(images, checkpoint, tmp_path, capsys):

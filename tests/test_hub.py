@@ -1,8 +1,13 @@
 """Pretrained weights from the Hugging Face Hub and the release files, through huggingface_hub's and torch's own
-download code, against a loopback server (HF_ENDPOINT), in fresh interpreters. No mocks."""
+download code, against a loopback server (HF_ENDPOINT), in fresh interpreters (release files: in this one, with
+torch.hub's cache under TORCH_HOME). No mocks; the table of published digests is filled with digests of the files
+the tests make."""
+import dataclasses
+import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,11 +17,16 @@ import pytest
 import timm
 import torch
 from timm.models._hub import generate_readme, save_for_hf
+from timm.models._registry import _model_pretrained_cfgs
 
+import timm_t2t.digests
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config, training_checkpoint
 from fresh_python import run_python
 from timm_t2t.cli import main as cli_main
-from timm_t2t.convert import convert_checkpoint, model_card
+from timm_t2t.convert import WeightSource, convert_checkpoint, model_card
+from timm_t2t.digests import RECORDS_NAME, DigestMismatchError, FileDigest, file_digest
+from timm_t2t.hub import hub_repo_id
+from timm_t2t.t2t_vit import RELEASE_DIGESTS
 from loopback_hub import LoopbackHub
 
 TINY = dict(embed_dim=32, depth=1, num_heads=2, mlp_ratio=1., token_dim=8)  # t2t_vit_7 made small
@@ -98,14 +108,20 @@ def hub_model(hub, tmp_path):
     return model
 
 
+def _release_checkpoint(seed: int):
+    """A small reference-format training checkpoint, saved, and the reference model with its EMA weights."""
+    torch.manual_seed(seed)
+    reference = ReferenceT2TViT(tokens_type='performer', **TINY)
+    ema = {k: v + 0.01 * torch.randn_like(v) if v.requires_grad else v for k, v in reference.named_parameters()}
+    content = torch_save_bytes(training_checkpoint(reference.state_dict(), ema))
+    reference.load_state_dict(ema)
+    return content, reference
+
+
 @pytest.fixture
 def release(hub):
     """A small reference-format training checkpoint served as a release file; returns (url, expected EMA model)."""
-    torch.manual_seed(2)
-    reference = ReferenceT2TViT(tokens_type='performer', **TINY)
-    ema = {k: v + 0.01 * torch.randn_like(v) if v.requires_grad else v for k, v in reference.named_parameters()}
-    hub.releases['71.7_T2T_ViT_7.pth.tar'] = torch_save_bytes(training_checkpoint(reference.state_dict(), ema))
-    reference.load_state_dict(ema)
+    hub.releases['71.7_T2T_ViT_7.pth.tar'], reference = _release_checkpoint(2)
     return f'{hub.url}/releases/71.7_T2T_ViT_7.pth.tar', reference
 
 
@@ -181,7 +197,7 @@ def release_file(release, hub, tmp_path):
     return path
 
 
-def test_convert_push_to_hub_round_trip(hub, env, release, release_file, tmp_path):
+def test_convert_push_to_hub_round_trip_pinned_to_the_pushed_commit(hub, env, release, release_file, tmp_path):
     _, reference = release
     out = tmp_path / 'converted'
     tiny_args = [f'{k}={v}' for k, v in TINY.items()]
@@ -189,16 +205,24 @@ def test_convert_push_to_hub_round_trip(hub, env, release, release_file, tmp_pat
                         '--push-to-hub', 'someone/t2t-tiny', '--token', 'hf_test', env=env)
     assert done.returncode == 0, done.stderr
     assert 'converted weights reproduce the source logits' in done.stdout
-    assert f'Pushed to {hub.url}/someone/t2t-tiny/commit/' in done.stdout
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     assert hub.repos['someone/t2t-tiny'] == {p.name: p.read_bytes() for p in out.iterdir()}  # what was uploaded
+    (commit,) = hub.commits['someone/t2t-tiny']
+    assert (f'Pushed to {hub.url}/someone/t2t-tiny/commit/{commit} (commit {commit}). Pin it with '
+            f"hf_hub_id='someone/t2t-tiny@{commit}', or load timm.create_model('hf-hub:someone/t2t-tiny@{commit}')."
+            in done.stdout)
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 't2t_vit_7' and config['model_args']['embed_dim'] == 32
     card = (out / 'README.md').read_text()
     assert "timm.create_model('hf-hub:someone/t2t-tiny', pretrained=True)" in card
-    assert 'license: bsd-3-clause-clear' in card and '@inproceedings{yuan2021tokens' in card
+    # a small model under a release file's name is not that release: no reference licence, no paper numbers
+    assert 'license: other' in card and '@inproceedings{yuan2021tokens' in card
+    assert ', paper:' not in card and 'datasets:' not in card
+    assert 'not known to be a released reference file' in done.stderr
 
-    _assert_logits(_load(env, name='hf-hub:someone/t2t-tiny'), _logits(reference, _inputs()))
+    hub.requests.clear()
+    _assert_logits(_load(env, name=f'hf-hub:someone/t2t-tiny@{commit}'), _logits(reference, _inputs()))
+    assert hub.requested_revisions('someone/t2t-tiny') and set(hub.requested_revisions('someone/t2t-tiny')) == {commit}
 
 
 def test_convert_cli_error_is_one_line_on_the_terminal(tmp_path):
@@ -237,28 +261,80 @@ def test_convert_help_explains_every_flag():
 
 def test_model_card_of_a_released_configuration():
     model = timm.create_model('t2t_vit_14.in1k_ft_cifar100')
-    card = model_card(model, 'my-org/t2t_vit_14.in1k_ft_cifar100')
+    source = WeightSource('cirfar100_t2t-vit-14_88.4.pth', model.pretrained_cfg['url'], 'its file name', 'reference')
+    card = model_card(model, source, 'my-org/t2t_vit_14.in1k_ft_cifar100')
     stats = card['details']['Model Stats']
     assert stats['Params (M), paper'] == 21.5 and stats['GMACs at 224 x 224, paper'] == 4.8
     assert stats['Top-1 accuracy (%), paper'] == 88.4 and stats['Params (M)'] == 21.1  # a 100-class head
     assert card['details']['Dataset'] == 'CIFAR-100'
+    assert card['details']['Weights'] == model.pretrained_cfg['url']
     assert "timm.create_model('hf-hub:my-org/t2t_vit_14.in1k_ft_cifar100', pretrained=True)" in card['usage']
     readme = generate_readme(card, 'my-org/t2t_vit_14.in1k_ft_cifar100')
     assert 'datasets:\n- cifar-100' in readme and 'license: bsd-3-clause-clear' in readme
+    assert ('the weights released with the reference implementation (https://github.com/yitu-opensource/T2T-ViT), '
+            'converted to timm from `cirfar100_t2t-vit-14_88.4.pth`, the official release file (known by its file '
+            'name)') in readme
 
 
-@pytest.mark.parametrize('img_size, quoted', [(224, True), (160, False)])
-def test_card_quotes_the_paper_only_for_a_released_configuration(tmp_path, img_size, quoted):
+def test_model_card_of_a_timm_checkpoint_claims_nothing_of_the_release():
+    model = timm.create_model('t2t_vit_7', num_classes=10)
+    readme = generate_readme(model_card(model, WeightSource('model_best.pth.tar', key_format='timm')), 't2t_vit_7')
+    assert 'license: other' in readme and 'bsd' not in readme
+    assert ('T2T-ViT (t2t_vit_7), a Tokens-to-Token Vision Transformer, with weights converted to timm from a timm '
+            "checkpoint (`model_best.pth.tar`), not known to be a released reference file: the paper's numbers do "
+            'not describe them.') in readme
+    assert '- **License:** not known: state the licence of these weights here and in the `license` field above' \
+        in readme
+    assert 'datasets:' not in readme and ', paper:' not in readme and 'reference format' not in readme
+
+
+def _reference_checkpoint(path: Path, img_size: int = 224) -> Path:
     torch.manual_seed(0)
     reference = ReferenceT2TViT(img_size=img_size, **reference_config('t2t_vit_7'))
-    path = tmp_path / 'checkpoint.pth.tar'
     torch.save(training_checkpoint(reference.state_dict()), path)
-    folder, diff = convert_checkpoint(path, tmp_path / 'out', 't2t_vit_7.in1k')
+    return path
+
+
+def _timm_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    torch.save({'state_dict': timm.create_model('t2t_vit_7').state_dict(), 'epoch': 3}, path)
+    return path
+
+
+_T2T_VIT_7_URL = timm.models.get_pretrained_cfg('t2t_vit_7.in1k').url
+
+
+@pytest.mark.parametrize('file, make, model_name, publish, known_by', [
+    ('checkpoint.pth.tar', _reference_checkpoint, 't2t_vit_7.in1k', None,
+     'the tag it was converted as, t2t_vit_7.in1k'),
+    ('71.7_T2T_ViT_7.pth.tar', _reference_checkpoint, 't2t_vit_7', None, 'its file name'),
+    ('mine.pth.tar', _reference_checkpoint, 't2t_vit_7', 'its digest', 'its published SHA-384 digest'),
+    ('checkpoint.pth.tar', lambda p: _reference_checkpoint(p, 160), 't2t_vit_7.in1k', None, None),  # not its size
+    ('checkpoint.pth.tar', _reference_checkpoint, 't2t_vit_7.in1k', 'another digest', None),  # not its digest
+    ('71.7_T2T_ViT_7.pth.tar', _timm_checkpoint, 't2t_vit_7.in1k', None, None),  # timm's format: no release is
+    ('checkpoint.pth.tar', _reference_checkpoint, 't2t_vit_7', None, None),  # nothing says it is the release
+])
+def test_card_claims_the_release_only_for_a_released_file(tmp_path, monkeypatch, file, make, model_name, publish,
+                                                          known_by):
+    path = make(tmp_path / file)
+    if publish:
+        digest = file_digest(path)
+        monkeypatch.setitem(RELEASE_DIGESTS, _T2T_VIT_7_URL, digest if publish == 'its digest' else FileDigest(
+            digest.size, '0' * 96))
+    folder, diff = convert_checkpoint(path, tmp_path / 'out', model_name)
     assert diff <= 1e-5
     card = (folder / 'README.md').read_text()
-    assert f'Image size: {img_size} x {img_size}' in card
-    assert ('Top-1 accuracy (%), paper: 71.7' in card) == quoted
-    assert ('weights released with the reference implementation' in card) == quoted
+    released = known_by is not None
+    assert ('license: bsd-3-clause-clear' in card, 'license: other' in card) == (released, not released)
+    assert ('Top-1 accuracy (%), paper: 71.7' in card) == released
+    if released:
+        assert f'from `{file}`, the official release file (known by {known_by})' in card
+        assert f'- **Weights:** {_T2T_VIT_7_URL}' in card
+    else:
+        kind = 'a timm checkpoint' if make is _timm_checkpoint else \
+            "a checkpoint in the reference implementation's format"
+        assert f'with weights converted to timm from {kind} (`{file}`), not known to be a released reference file' \
+            in card
 
 
 def _closed_port() -> int:
@@ -295,4 +371,188 @@ def test_offline_mode_uses_the_caches_only(env, hub, release):
     _load(env, pretrained_cfg_overlay=dict(url=url))  # online: the release file lands in torch.hub's cache
     hub.requests.clear()
     _assert_logits(_load(offline, pretrained_cfg_overlay=dict(url=url)), _logits(reference, _inputs()))
+    assert hub.requests == []
+
+
+# --- digests of release files, checked in this interpreter (torch.hub's cache under TORCH_HOME) ---
+
+RELEASE_NAME = '71.7_T2T_ViT_7.pth.tar'
+
+
+@pytest.fixture
+def release_cache(tmp_path, monkeypatch) -> Path:
+    """torch.hub's checkpoint folder, where release files are cached, for downloads made in this interpreter."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    monkeypatch.setenv('NO_PROXY', '127.0.0.1,localhost')
+    return tmp_path / 'torch' / 'hub' / 'checkpoints'
+
+
+def _from_release(url: str) -> torch.nn.Module:
+    """The small t2t_vit_7 with pretrained weights from the release file at `url` (no Hub repo)."""
+    return timm.create_model('t2t_vit_7', pretrained=True, pretrained_cfg_overlay=dict(url=url, hf_hub_id=None), **TINY)
+
+
+def _digest(content: bytes) -> FileDigest:
+    return FileDigest(len(content), hashlib.sha384(content).hexdigest())
+
+
+def _records(cache: Path) -> dict:
+    return json.loads((cache / RECORDS_NAME).read_text())
+
+
+def test_the_published_digest_of_t2t_vit_14_is_the_openvino_one():
+    url = timm.models.get_pretrained_cfg('t2t_vit_14.in1k').url
+    assert url == 'https://github.com/yitu-opensource/T2T-ViT/releases/download/main/81.5_T2T_ViT_14.pth.tar'
+    assert RELEASE_DIGESTS[url] == FileDigest(
+        86_212_823, '98c8ae06a1e9997f3e83ad2dfbac49985bf7bd7723eb64e4b8462338163be02657998f0bd9f8997367417003caeaf7a1')
+
+
+def test_release_file_matching_its_published_digest_loads_and_is_hashed_once(hub, release, release_cache, monkeypatch):
+    url, reference = release
+    published = _digest(hub.releases[RELEASE_NAME])
+    monkeypatch.setitem(RELEASE_DIGESTS, url, published)
+    hashed = []
+    monkeypatch.setattr(
+        timm_t2t.digests, 'file_digest', lambda path: hashed.append(Path(path).name) or file_digest(path))
+
+    torch.testing.assert_close(_logits(_from_release(url), _inputs()), _logits(reference, _inputs()), rtol=0, atol=1e-5)
+    assert hashed == [f'.{RELEASE_NAME}.unchecked']  # the download, checked before it entered the cache
+    assert sorted(p.name for p in release_cache.iterdir()) == [RELEASE_NAME, RECORDS_NAME]
+    assert {k: _records(release_cache)[url][k] for k in ('size', 'sha384')} == dataclasses.asdict(published)
+
+    _from_release(url)
+    assert len(hashed) == 1  # cached and unchanged since it matched: not hashed again
+    cached = release_cache / RELEASE_NAME
+    os.utime(cached, ns=(cached.stat().st_atime_ns, cached.stat().st_mtime_ns + 10 ** 9))
+    _from_release(url)
+    assert hashed[1:] == [RELEASE_NAME]  # touched: hashed again, and it still matches
+
+
+def _tampered(content: bytes, damage: str) -> bytes:
+    if damage == 'other bytes':
+        changed = bytearray(content)
+        changed[len(content) // 2] ^= 0xFF
+        return bytes(changed)
+    return content + b'\0'
+
+
+@pytest.mark.parametrize('damage', ['other bytes', 'other size'])
+def test_release_file_unlike_its_published_digest_is_refused_and_not_cached(hub, release, release_cache, monkeypatch,
+                                                                            damage):
+    url, _ = release
+    good = hub.releases[RELEASE_NAME]
+    monkeypatch.setitem(RELEASE_DIGESTS, url, _digest(good))
+    hub.releases[RELEASE_NAME] = bad = _tampered(good, damage)
+    with pytest.raises(DigestMismatchError) as error:
+        _from_release(url)
+    found = f'sha384 {_digest(good).sha384}, found sha384 {_digest(bad).sha384}' if damage == 'other bytes' else \
+        f'{len(good):,} bytes, found {len(bad):,} bytes'
+    assert str(error.value) == (
+        f'The weight file {url} does not match its published digest: expected {found}. It was removed from the cache.')
+    assert list(release_cache.iterdir()) == []
+
+
+def test_cached_release_file_changed_on_disk_is_refused_and_evicted(hub, release, release_cache, monkeypatch):
+    url, reference = release
+    good = hub.releases[RELEASE_NAME]
+    monkeypatch.setitem(RELEASE_DIGESTS, url, _digest(good))
+    _from_release(url)
+    cached = release_cache / RELEASE_NAME
+    cached.write_bytes(_tampered(good, 'other bytes'))
+    os.utime(cached, ns=(cached.stat().st_atime_ns, cached.stat().st_mtime_ns + 10 ** 9))
+    with pytest.raises(DigestMismatchError, match='does not match its published digest: expected sha384'):
+        _from_release(url)
+    assert not cached.exists()
+
+    hub.requests.clear()
+    torch.testing.assert_close(_logits(_from_release(url), _inputs()), _logits(reference, _inputs()), rtol=0, atol=1e-5)
+    assert hub.requests_to(f'/releases/{RELEASE_NAME}')  # downloaded again, and it matches
+
+
+def test_first_download_is_recorded_and_a_later_change_refused(hub, release, release_cache):
+    url, reference = release
+    first = _digest(hub.releases[RELEASE_NAME])
+    assert url not in RELEASE_DIGESTS
+    _from_release(url)
+    record = _records(release_cache)[url]
+    assert (record['size'], record['sha384']) == (first.size, first.sha384)
+    assert re.fullmatch(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ', record['first_download'])
+
+    (release_cache / RELEASE_NAME).unlink()  # the cache is cleared, and upstream the file is replaced
+    hub.releases[RELEASE_NAME] = changed = _release_checkpoint(5)[0]  # a checkpoint as good, of the same size
+    assert len(changed) == first.size
+    with pytest.raises(DigestMismatchError) as error:
+        _from_release(url)
+    records = release_cache / RECORDS_NAME
+    assert str(error.value) == (
+        f'The weight file {url} does not match the digest of its first download on {record["first_download"]} '
+        f'(recorded in {records}): expected sha384 {first.sha384}, found sha384 {_digest(changed).sha384}. It was '
+        f'removed from the cache. If it was changed on purpose, delete its entry in {records}.')
+    assert sorted(p.name for p in release_cache.iterdir()) == [RECORDS_NAME]
+
+
+def test_unreadable_digest_records_are_one_clear_error(hub, release, release_cache):
+    url, _ = release
+    release_cache.mkdir(parents=True)
+    (release_cache / RECORDS_NAME).write_text('{"truncated')
+    with pytest.raises(ValueError) as error:
+        _from_release(url)
+    assert str(error.value).startswith(f'Cannot read the weight digest records {release_cache / RECORDS_NAME} (')
+    assert str(error.value).endswith('); delete the file to record the digests of the next downloads anew.')
+    assert '\n' not in str(error.value)
+
+
+def test_info_shows_the_digest_and_pin_of_a_tag(hub, release, release_cache, monkeypatch, capsys):
+    url, _ = release
+    commit = 'c0ffee' * 6 + 'c0ff'
+    cfg = _model_pretrained_cfgs['t2t_vit_7.in1k']
+    monkeypatch.setitem(_model_pretrained_cfgs, 't2t_vit_7.in1k',
+                        dataclasses.replace(cfg, url=url, hf_hub_id=f'testorg/t2t_vit_7.in1k@{commit}'))
+    cli_main(['info', 't2t_vit_7.in1k'])
+    text = capsys.readouterr().out
+    assert (f'weights: Hugging Face Hub testorg/t2t_vit_7.in1k@{commit} (pinned to commit {commit}), falling back to '
+            f'{url}\n         release file digest: no published digest (first download not recorded yet: it will be, '
+            f'and later copies checked against it)\n') in text
+
+    _from_release(url)
+    first = _digest(hub.releases[RELEASE_NAME])
+    when = _records(release_cache)[url]['first_download']
+    cli_main(['info', 't2t_vit_7.in1k', '--json'])
+    weights = json.loads(capsys.readouterr().out)['weights']
+    assert (weights['hub_revision'], weights['hub_pinned']) == (commit, True)
+    assert weights['release_digest'] == dict(published=False, size=first.size, sha384=first.sha384, first_download=when)
+    cli_main(['info', 't2t_vit_7.in1k'])
+    assert (f'release file digest: no published digest (first download recorded: sha384 {first.sha384}, '
+            f'{first.size:,} bytes, {when})') in capsys.readouterr().out
+
+
+def test_a_pin_is_a_commit(monkeypatch):
+    monkeypatch.setenv('TIMM_T2T_HUB_ORG', 'testorg')
+    assert hub_repo_id('t2t_vit_7.in1k') == 'testorg/t2t_vit_7.in1k'
+    assert hub_repo_id('t2t_vit_7.in1k', 'ab' * 20) == f'testorg/t2t_vit_7.in1k@{"ab" * 20}'
+    with pytest.raises(ValueError) as error:
+        hub_repo_id('t2t_vit_7.in1k', 'main')
+    assert str(error.value) == "t2t_vit_7.in1k: a pinned Hub revision must be a commit id (40 hex digits), got 'main'."
+
+
+def test_pinned_revision_is_the_one_downloaded_and_looked_up(hub, env, hub_model, tmp_path):
+    (pinned,) = hub.commits[REPO]
+    torch.manual_seed(3)
+    newer = timm.create_model('t2t_vit_7', **TINY)
+    save_for_hf(newer, tmp_path / 'newer', safe_serialization=True)
+    hub.add_folder(REPO, tmp_path / 'newer')  # main moves on
+    pin = dict(pretrained_cfg_overlay=dict(hf_hub_id=f'{REPO}@{pinned}'))
+
+    result = _load(env, **pin)
+    _assert_logits(result, _logits(hub_model, _inputs()))
+    assert f'loading weights from the Hugging Face Hub ({REPO}@{pinned})' in result['log']
+    assert set(hub.requested_revisions(REPO)) == {pinned}
+    hub.requests.clear()
+    _assert_logits(_load(env), _logits(newer, _inputs()))  # unpinned: main
+    assert set(hub.requested_revisions(REPO)) == {'main'}
+
+    hub.requests.clear()
+    offline = {**env, 'HF_HUB_OFFLINE': '1'}
+    _assert_logits(_load(offline, **pin), _logits(hub_model, _inputs()))  # the cache, at the pinned commit
+    _assert_logits(_load(offline), _logits(newer, _inputs()))
     assert hub.requests == []

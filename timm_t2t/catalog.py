@@ -9,10 +9,12 @@ from typing import Any, Dict, List, Tuple
 
 import timm
 import torch
+from timm.models._hub import hf_split
 from torch.utils.flop_counter import FlopCounterMode
 
 from .blocks import Transition
-from .hub import cached_weights
+from .hub import cached_weights, is_commit, release_records
+from .t2t_vit import RELEASE_DIGESTS
 
 __all__ = ['PAPER_MODEL_STATS', 'PAPER_TOP1', 'ModelStats', 'check_model_name', 'describe_model', 'measure', 'variants']
 
@@ -111,6 +113,18 @@ def _stem(model: torch.nn.Module) -> str:
     return 'performer' if hasattr(stem.attention1.attn, 'random_features') else 'transformer'
 
 
+def _release_digest(url: str) -> Dict[str, Any]:
+    """The digest a release file must match: the published one, else that of its first download here (if any)."""
+    if url in RELEASE_DIGESTS:
+        digest = RELEASE_DIGESTS[url]
+        return dict(published=True, size=digest.size, sha384=digest.sha384, first_download=None)
+    recorded = release_records(url).first_download(url)
+    if recorded is None:
+        return dict(published=False, size=None, sha384=None, first_download=None)
+    digest, when = recorded
+    return dict(published=False, size=digest.size, sha384=digest.sha384, first_download=when)
+
+
 def describe_model(name: str) -> Dict[str, Any]:
     """A model name with or without its pretrained tag, resolved: its pretrained cfg, input size, feature pyramid,
     size and cost, and where its weights come from."""
@@ -121,6 +135,7 @@ def describe_model(name: str) -> Dict[str, Any]:
     stats = _count(name, model)
     tagged = '.'.join(filter(None, (cfg.get('architecture'), cfg.get('tag'))))
     has_weights = bool(cfg.get('hf_hub_id') or cfg.get('url'))
+    revision = hf_split(cfg['hf_hub_id'])[1] if cfg.get('hf_hub_id') else None
     return dict(
         model=tagged,
         stem=_stem(model),
@@ -133,7 +148,10 @@ def describe_model(name: str) -> Dict[str, Any]:
             for info in features.feature_info.get_dicts()],
         weights=dict(
             hub=cfg.get('hf_hub_id'),
+            hub_revision=revision,
+            hub_pinned=is_commit(revision),
             release_url=cfg.get('url') or None,
+            release_digest=_release_digest(cfg['url']) if cfg.get('url') else None,
             cached=cached_weights(cfg) if has_weights else None,
             paper_top1=PAPER_TOP1.get(tagged),
         ) if has_weights else None,

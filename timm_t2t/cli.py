@@ -136,7 +136,8 @@ def _add_convert(subparsers) -> None:
                              'e.g. depth=12 embed_dim=256')
     parser.add_argument('--no-ema', dest='use_ema', action='store_false',
                         help='convert state_dict rather than state_dict_ema when a checkpoint has both')
-    parser.add_argument('--push-to-hub', metavar='ORG/REPO', help='then upload the folder to this Hub repo')
+    parser.add_argument('--push-to-hub', metavar='ORG/REPO', help='then upload the folder to this Hub repo and print '
+                        'the commit to pin it by')
     parser.add_argument('--private', action='store_true', help='create the Hub repo as private')
     parser.add_argument('--token', help='Hugging Face token (default: the one huggingface_hub finds)')
 
@@ -167,6 +168,23 @@ def _list(args: argparse.Namespace) -> None:
     print('\nMACs at each model\'s input size (224 x 224). `timm-t2t info MODEL` for more.')
 
 
+def _hub_pin(weights: Dict[str, Any]) -> str:
+    if weights['hub_pinned']:
+        return f'pinned to commit {weights["hub_revision"]}'
+    if weights['hub_revision']:
+        return f'not pinned: follows the branch or tag {weights["hub_revision"]!r}'
+    return 'not pinned: follows main'
+
+
+def _release_digest(digest: Dict[str, Any]) -> str:
+    if digest['published']:
+        return f'sha384 {digest["sha384"]}, {digest["size"]:,} bytes (published)'
+    if digest['first_download']:
+        return (f'no published digest (first download recorded: sha384 {digest["sha384"]}, {digest["size"]:,} '
+                f'bytes, {digest["first_download"]})')
+    return 'no published digest (first download not recorded yet: it will be, and later copies checked against it)'
+
+
 def _info(args: argparse.Namespace) -> None:
     import json
 
@@ -187,7 +205,9 @@ def _info(args: argparse.Namespace) -> None:
     if weights is None:
         print('weights: none released (train it, or load your own checkpoint)')
     else:
-        print(f'weights: Hugging Face Hub {weights["hub"]}, falling back to {weights["release_url"]}')
+        print(f'weights: Hugging Face Hub {weights["hub"]} ({_hub_pin(weights)}), falling back to '
+              f'{weights["release_url"]}')
+        print(f'         release file digest: {_release_digest(weights["release_digest"])}')
         print(f'         {"cached at " + weights["cached"] if weights["cached"] else "not in the local cache"}'
               + (f'; paper top-1 {weights["paper_top1"]}' if weights['paper_top1'] is not None else ''))
     print('pretrained config:')
@@ -241,7 +261,10 @@ def _convert(args: argparse.Namespace) -> None:
         repo_id=args.push_to_hub)
     print(f'Wrote {folder} (converted weights reproduce the source logits, max diff {diff:.2g}).')
     if args.push_to_hub:
-        print(f'Pushed to {push_folder(folder, args.push_to_hub, private=args.private, token=args.token)}')
+        commit = push_folder(folder, args.push_to_hub, private=args.private, token=args.token)
+        repo_id = args.push_to_hub
+        print(f'Pushed to {commit.commit_url} (commit {commit.oid}). Pin it with '
+              f"hf_hub_id='{repo_id}@{commit.oid}', or load timm.create_model('hf-hub:{repo_id}@{commit.oid}').")
 
 
 _COMMANDS = {'list': _list, 'info': _info, 'classify': _classify, 'convert': _convert}

@@ -1,25 +1,30 @@
 """Convert reference T2T-ViT checkpoints into timm's Hugging Face Hub format, checked before anything is written.
 
 A converted folder holds `model.safetensors` and `config.json` as timm's `save_for_hf` writes them, and a model
-card (`README.md`) with the variant's paper numbers and citation. It loads with
-`timm.create_model('hf-hub:ORG/REPO', pretrained=True)` once pushed, or `'local-dir:PATH'` as it is.
+card (`README.md`) that states only what is known of the source: the reference's licence and the paper's numbers for
+a released reference file (known by its published digest, its name or the tag named), a neutral card otherwise. It
+loads with `timm.create_model('hf-hub:ORG/REPO', pretrained=True)` once pushed, or `'local-dir:PATH'` as it is.
 """
+import dataclasses
 import logging
 import os
 import shutil
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import timm
 import torch
-from huggingface_hub import HfApi
+from huggingface_hub import CommitInfo, HfApi
 from timm.models._hub import generate_readme
 
 from ._compat import create_model_from_folder, save_for_hf
 from .catalog import PAPER_MODEL_STATS, PAPER_TOP1
+from .digests import file_digest
 from .hub import InvalidCheckpointError, read_checkpoint
 from .t2t_vit import (
+    RELEASE_DIGESTS,
     T2TViT,
     check_t2t_checkpoint,
     checkpoint_filter_fn,
@@ -28,7 +33,7 @@ from .t2t_vit import (
     normalize_state_dict,
 )
 
-__all__ = ['ConversionError', 'convert_checkpoint', 'model_card', 'push_folder']
+__all__ = ['ConversionError', 'WeightSource', 'convert_checkpoint', 'model_card', 'push_folder']
 
 _logger = logging.getLogger(__name__)
 
@@ -56,17 +61,45 @@ def _dataset(num_classes: int, tag: str) -> Optional[str]:
     return 'ImageNet-1k' if num_classes == 1000 else None
 
 
-def model_card(model: T2TViT, repo_id: Optional[str] = None, released: bool = True) -> Dict[str, Any]:
-    """timm model card fields (see timm's generate_readme) for a converted model.
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+    """What is known of the file a model was converted from.
+
+    Attributes:
+        file: Its name.
+        release_url: The reference release it is (its weights are those the paper describes), or None when it is not
+            known to be one.
+        identified_by: How it is known to be that release (its published digest, its name, the tag it was
+            converted as).
+        key_format: 'timm' or 'reference' when its keys tell which format it is in, else None.
+    """
+    file: str
+    release_url: Optional[str] = None
+    identified_by: Optional[str] = None
+    key_format: Optional[str] = None
+
+
+_SOURCE_KINDS = {
+    'timm': 'a timm checkpoint',
+    'reference': "a checkpoint in the reference implementation's format",
+    None: 'a checkpoint',
+}
+
+
+def model_card(model: T2TViT, source: WeightSource, repo_id: Optional[str] = None) -> Dict[str, Any]:
+    """timm model card fields (see timm's generate_readme) for a converted model, stating only what is known.
+
+    A released reference file gets the reference's licence, the paper's numbers and its dataset; any other
+    checkpoint a neutral card: licence `other` with a line to fill in, no paper numbers, no dataset.
 
     Args:
         model: The converted model, with the pretrained cfg of its tag.
+        source: What is known of the file it was converted from.
         repo_id: The Hub repo it goes to, for the usage snippet.
-        released: The weights are those of a released pretrained tag (named by the user) in its released
-            configuration, so the paper's numbers describe them; otherwise the card claims neither.
     """
     cfg = model.pretrained_cfg
-    name = '.'.join(filter(None, (cfg['architecture'], cfg.get('tag'))))
+    released = source.release_url is not None
+    name = '.'.join(filter(None, (cfg['architecture'], cfg.get('tag')))) if released else cfg['architecture']
     height, width = model.img_size
     stats = {
         'Params (M)': round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
@@ -77,20 +110,32 @@ def model_card(model: T2TViT, repo_id: Optional[str] = None, released: bool = Tr
         stats.update({'Params (M), paper': params, 'GMACs at 224 x 224, paper': gmacs})
     if released and name in PAPER_TOP1:
         stats['Top-1 accuracy (%), paper'] = PAPER_TOP1[name]
-    dataset = _dataset(model.num_classes, cfg.get('tag') or '')
+    dataset = _dataset(model.num_classes, cfg.get('tag') or '') if released else None
     model_ref = f'hf-hub:{repo_id}' if repo_id else 'local-dir:PATH_TO_THIS_FOLDER'
+    if released:
+        origin = (f'the weights released with the reference implementation ({REFERENCE_URL}), converted to timm from '
+                  f'`{source.file}`, the official release file (known by {source.identified_by})')
+        provenance = {'Original': REFERENCE_URL, 'Weights': source.release_url}
+    else:
+        kind = _SOURCE_KINDS[source.key_format]
+        origin = (f'weights converted to timm from {kind} (`{source.file}`), not known to be a released reference '
+                  f'file: the paper\'s numbers do not describe them')
+        provenance = {
+            'Architecture': REFERENCE_URL,
+            'Weights': f'converted from {kind}, `{source.file}`',
+            'License': 'not known: state the licence of these weights here and in the `license` field above',
+        }
     details = {
         'Model Type': 'Image classification / feature backbone',
         'Model Stats': stats,
         'Papers': {'Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet': PAPER_URL},
         **({'Dataset': dataset} if dataset else {}),
-        'Original': REFERENCE_URL,
+        **provenance,
     }
     return {
         'description': (
-            f'T2T-ViT ({name if released else cfg["architecture"]}), a Tokens-to-Token Vision Transformer, with '
-            + ('the weights released with the reference implementation' if released else 'weights in the reference '
-               'format') + f' ({REFERENCE_URL}), converted to timm. Load it with the `timm-t2t` package installed.'),
+            f'T2T-ViT ({name}), a Tokens-to-Token Vision Transformer, with {origin}. Load it with the `timm-t2t` '
+            f'package installed.'),
         'details': details,
         'usage': (
             '```python\nimport timm  # with timm-t2t installed\n\n'
@@ -98,12 +143,42 @@ def model_card(model: T2TViT, repo_id: Optional[str] = None, released: bool = Tr
             'config = timm.data.resolve_data_config(model=model)\n'
             'transform = timm.data.create_transform(**config)\n```\n'),
         'citation': CITATION,
-        'license': 'bsd-3-clause-clear',
+        'license': 'bsd-3-clause-clear' if released else 'other',
     }
 
 
-def _source_state_dict(source: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
-    """The checkpoint's state dict in this package's key format."""
+def _key_format(checkpoint: Dict[str, Any]) -> Optional[str]:
+    """'timm' or 'reference' where a checkpoint's Performer T2T layers tell (the other layers' keys are alike)."""
+    keys = set(checkpoint) | {k for v in checkpoint.values() if isinstance(v, dict) for k in v}
+    if any(k.endswith('attention1.attn.random_features') for k in keys):
+        return 'timm'
+    if any(k.endswith('attention1.w') for k in keys):
+        return 'reference'
+    return None
+
+
+def _weight_source(
+        source: Path, key_format: Optional[str], model: T2TViT, tagged: bool, as_built: bool) -> WeightSource:
+    """What is known of `source`: the release of the model's tag if its published digest, else its file name or the
+    tag named, says so and the model has that release's configuration (`as_built`: no model arguments given)."""
+    cfg = model.pretrained_cfg
+    url = cfg.get('url')
+    identified_by = None
+    if url and as_built and key_format != 'timm' and (model.num_classes, model.in_chans, *model.img_size) == (
+            cfg['num_classes'], *cfg['input_size']):
+        published = RELEASE_DIGESTS.get(url)
+        if published is not None:  # the release is known by its digest: nothing else makes a file that release
+            if source.stat().st_size == published.size and file_digest(source) == published:
+                identified_by = 'its published SHA-384 digest'
+        elif source.name == os.path.basename(urllib.parse.urlparse(url).path):
+            identified_by = 'its file name'
+        elif tagged:
+            identified_by = f'the tag it was converted as, {cfg["architecture"]}.{cfg["tag"]}'
+    return WeightSource(source.name, url if identified_by else None, identified_by, key_format)
+
+
+def _source_state_dict(source: Path, use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
+    """The checkpoint's state dict in this package's key format, and the format it was in (see `_key_format`)."""
     if not source.is_file():
         raise ConversionError(f'No checkpoint file at {source}.')
     try:
@@ -114,7 +189,7 @@ def _source_state_dict(source: Path, use_ema: bool) -> Dict[str, torch.Tensor]:
         check_t2t_checkpoint(checkpoint)
     except ValueError as e:
         raise ConversionError(f'{source} is not a T2T-ViT checkpoint: {e}') from e
-    return normalize_state_dict(checkpoint)
+    return normalize_state_dict(checkpoint), _key_format(checkpoint)
 
 
 def _publish_permissions(folder: Path) -> None:
@@ -161,7 +236,7 @@ def convert_checkpoint(
         raise ConversionError(
             f'Unknown pretrained tag {model_name!r}; known: {", ".join(timm.list_pretrained(architecture + ".*"))}.')
 
-    state_dict = _source_state_dict(source, use_ema)
+    state_dict, key_format = _source_state_dict(source, use_ema)
     model_kwargs = model_kwargs or {}
     kwargs = {**model_args_from_state_dict(state_dict, model_kwargs.get('soft_splits')), **model_kwargs}
     try:
@@ -173,10 +248,7 @@ def convert_checkpoint(
     if problems:
         raise ConversionError(f'{source} does not fit {model_name}: {problems}.')
     model.load_state_dict(state_dict)
-    cfg = model.pretrained_cfg
-    # the user named a released tag, and the weights have its configuration: the paper's numbers describe them
-    released = '.' in model_name and not model_kwargs and (model.num_classes, model.in_chans, *model.img_size) == (
-        cfg['num_classes'], *cfg['input_size'])
+    weight_source = _weight_source(source, key_format, model, tagged='.' in model_name, as_built=not model_kwargs)
 
     torch.manual_seed(0)
     inputs = torch.randn(2, model.in_chans, *model.img_size)
@@ -185,7 +257,7 @@ def convert_checkpoint(
         folder = Path(tmp) / 'converted'
         save_for_hf(model, folder, model_args=kwargs, safe_serialization=True)  # how to build it again
         (folder / 'README.md').write_text(
-            generate_readme(model_card(model, repo_id, released), repo_id or model_name), encoding='utf-8')
+            generate_readme(model_card(model, weight_source, repo_id), repo_id or model_name), encoding='utf-8')
         _publish_permissions(folder)
         reloaded = create_model_from_folder(folder)
         diff = (_logits(reloaded, inputs) - expected).abs().max().item()
@@ -196,12 +268,22 @@ def convert_checkpoint(
             output_dir.rmdir()
         shutil.move(str(folder), str(output_dir))
     _logger.info(f'Converted {source} to {output_dir} ({model_name}); logits reproduced within {diff:.3g}.')
+    if weight_source.release_url:
+        _logger.info(f'Model card: the official release {weight_source.release_url} (known by '
+                     f'{weight_source.identified_by}), licence bsd-3-clause-clear.')
+    else:
+        _logger.warning(
+            f'{source} is not known to be a released reference file: the model card quotes no paper numbers and '
+            f'gives the licence as "other"; fill in the weights\' licence in {output_dir / "README.md"}.')
     return output_dir, diff
 
 
-def push_folder(folder: Union[str, Path], repo_id: str, private: bool = False, token: Optional[str] = None) -> str:
-    """Upload a converted folder to a Hub repo (created if missing). Returns the commit URL."""
+def push_folder(
+        folder: Union[str, Path], repo_id: str, private: bool = False, token: Optional[str] = None) -> CommitInfo:
+    """Upload a converted folder to a Hub repo (created if missing). Returns the commit: its `oid` is the revision
+    to pin (hf_hub_id 'ORG/REPO@OID')."""
     api = HfApi(token=token, library_name='timm-t2t')
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message='Add T2T-ViT weights')
-    return commit.commit_url
+    _logger.info(f'Uploaded {folder} to {repo_id} as commit {commit.oid}.')
+    return commit

@@ -6,11 +6,16 @@ already in the cache load without a request. A Hub repo that cannot be found fal
 which the model's checkpoint filter converts on the fly. Every download is checked before use: a file that is
 truncated or not a checkpoint raises an error and is removed from the cache, so the next attempt fetches it anew.
 
+A Hub id may pin a commit in timm's form ``ORG/REPO@COMMIT``: then that commit, and only it, is downloaded and looked
+up in the cache. A release file must match its published digest where one is known (the caller passes it), else
+the digest recorded at its first download (see `digests`), before it is converted or kept in the cache.
+
 Without a network the answer comes fast and says so: a host that cannot be reached is not retried (each source is
 checked with one quick connection first), and with ``HF_HUB_OFFLINE=1`` only the caches are looked at.
 """
 import logging
 import os
+import re
 import socket
 import urllib.parse
 import urllib.request
@@ -24,10 +29,11 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, 
 from timm.models._hub import hf_split
 
 from ._compat import load_state_dict
+from .digests import DigestRecords, FileDigest
 
 __all__ = [
     'HUB_ORG_ENV', 'DEFAULT_HUB_ORG', 'InvalidCheckpointError', 'WeightsUnavailableError', 'cached_weights',
-    'fetch_pretrained_file', 'hub_repo_id', 'read_checkpoint',
+    'fetch_pretrained_file', 'hub_repo_id', 'is_commit', 'read_checkpoint', 'release_records',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -59,9 +65,18 @@ class WeightsUnavailableError(OSError):
         self.problem = problem
 
 
-def hub_repo_id(model_name: str) -> str:
-    """The Hub repo holding the weights of `model_name` ('architecture.tag') under the configured organisation."""
-    return f'{os.environ.get(HUB_ORG_ENV, "").strip() or DEFAULT_HUB_ORG}/{model_name}'
+def is_commit(revision: Optional[str]) -> bool:
+    """Whether a Hub revision is a commit id (40 hex digits), which pins a file, rather than a branch or tag."""
+    return bool(revision and re.fullmatch('[0-9a-f]{40}', revision))
+
+
+def hub_repo_id(model_name: str, commit: Optional[str] = None) -> str:
+    """The Hub id of the weights of `model_name` ('architecture.tag') under the configured organisation, pinned
+    to `commit` in timm's form 'ORG/REPO@COMMIT' if given."""
+    if commit is not None and not is_commit(commit):
+        raise ValueError(f'{model_name}: a pinned Hub revision must be a commit id (40 hex digits), got {commit!r}.')
+    repo_id = f'{os.environ.get(HUB_ORG_ENV, "").strip() or DEFAULT_HUB_ORG}/{model_name}'
+    return f'{repo_id}@{commit}' if commit else repo_id
 
 
 def _checkpoint_problem(path: Path, error: Exception) -> str:
@@ -133,13 +148,20 @@ def _url_cache_path(url: str, cache_dir: Optional[PathLike]) -> Path:
     return directory / os.path.basename(urllib.parse.urlparse(url).path)
 
 
-def _download_url_file(url: str, path: Path) -> str:
+def release_records(url: str, cache_dir: Optional[PathLike] = None) -> DigestRecords:
+    """The first-download digest records of the cache folder that holds the release file at `url`."""
+    return DigestRecords(_url_cache_path(url, cache_dir).parent)
+
+
+def _download_url_file(url: str, path: Path) -> Path:
+    """Download `url` to a hidden file beside `path`, where it waits to be checked."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    download = path.with_name(f'.{path.name}.unchecked')
     try:
-        torch.hub.download_url_to_file(url, str(path), progress=False)  # into a temp file, moved when complete
+        torch.hub.download_url_to_file(url, str(download), progress=False)  # into a temp file, moved when complete
     except OSError as e:
         raise WeightsUnavailableError(f'Could not download {url} ({e}).') from e
-    return str(path)
+    return download
 
 
 def _remove_cached(path: str) -> None:
@@ -161,6 +183,26 @@ def _checked(path: str, source: str, validate: Callable[[Dict[str, Any]], None])
     return path
 
 
+def _checked_release(
+        path: Path,
+        url: str,
+        published: Optional[FileDigest],
+        validate: Callable[[Dict[str, Any]], None],
+        cache_path: Path,
+        name: str,
+) -> str:
+    """A release file (cached at `cache_path`, or downloaded to `path` beside it) checked against its digest, then
+    as a checkpoint, in the cache, with its digest recorded. A file that fails either check is removed."""
+    records = DigestRecords(cache_path.parent)
+    digest = records.verify(url, path, published, cached=path == cache_path)
+    _checked(str(path), url, validate)
+    os.replace(path, cache_path)
+    if records.record(url, digest, cache_path) and published is None:
+        _logger.info(f'{name}: {url} has no published digest; recorded sha384 {digest.sha384} ({digest.size:,} '
+                     f'bytes) in {records.path}, and later copies of the file must match it.')
+    return str(cache_path)
+
+
 def cached_weights(pretrained_cfg: Dict[str, Any], cache_dir: Optional[PathLike] = None) -> Optional[str]:
     """The local file holding a pretrained cfg's weights if it is cached already (Hub cache, then release file)."""
     hub_id, url = pretrained_cfg.get('hf_hub_id'), pretrained_cfg.get('url')
@@ -177,17 +219,20 @@ def fetch_pretrained_file(
         pretrained_cfg: Dict[str, Any],
         validate: Callable[[Dict[str, Any]], None],
         cache_dir: Optional[PathLike] = None,
+        release_digest: Optional[FileDigest] = None,
 ) -> Optional[str]:
-    """Local path of checked weights for a pretrained cfg: from the Hub, else from the release URL.
+    """Local path of checked weights for a pretrained cfg: from the Hub (at the commit its id pins, if any), else
+    from the release URL.
 
     Returns None when the cfg brings its own `file` or `state_dict` for timm to load. Raises
     WeightsUnavailableError, in one line naming each source and why it failed, when neither is cached nor
-    reachable.
+    reachable; DigestMismatchError when the release file differs from its published or first-download digest.
 
     Args:
         pretrained_cfg: A resolved timm pretrained cfg (dict).
         validate: Raises if a loaded state dict is not a checkpoint of the model family.
         cache_dir: Cache directory for Hub and URL downloads (defaults: the Hub cache, torch.hub's checkpoints).
+        release_digest: The published size and SHA-384 of the release file, if known.
     """
     from_hub_name = pretrained_cfg.get('source') == 'hf-hub'  # created as 'hf-hub:ORG/REPO'
     if pretrained_cfg.get('state_dict') is not None or (pretrained_cfg.get('file') and not from_hub_name):
@@ -220,11 +265,11 @@ def fetch_pretrained_file(
         cached = _url_cache_path(url, cache_dir)
         if cached.is_file():
             _logger.info(f'{name}: loading weights from the official release, cached ({cached}).')
-            return _checked(str(cached), url, validate)
+            return _checked_release(cached, url, release_digest, validate, cached, name)
         problem = _OFFLINE if _hub_offline() else _unreachable(url)
         if not problem:
             _logger.info(f'{name}: loading weights from the official release ({url}).')
-            return _checked(_download_url_file(url, cached), url, validate)
+            return _checked_release(_download_url_file(url, cached), url, release_digest, validate, cached, name)
         failures.append(f'the release file {url} is not cached and cannot be downloaded ({problem})')
     if failures:
         raise WeightsUnavailableError(f'Cannot get the pretrained weights of {name}: {"; ".join(failures)}.')

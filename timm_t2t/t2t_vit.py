@@ -56,6 +56,7 @@ from ._compat import (
 )
 from .attention import attention_kernel_flags, dot_product_attention, performer_attention
 from .blocks import Attention, DenseBlock, GhostAttention, GhostMlp, SqueezeExciteAttention, Transition
+from .digests import FileDigest
 from .hub import fetch_pretrained_file, hub_repo_id
 
 __all__ = ['T2TViT', 'TokensToToken', 'ConvTokenizer', 'CheckpointMismatchError']
@@ -1147,10 +1148,24 @@ _RELEASES = [
     ('t2t_vit_t_24.in1k', '82.6_T2T_ViTt_24.pth.tar', {}),
 ]
 
+# Size and SHA-384 of release files as published by others: a download must match before it is converted or cached.
+# Source: the OpenVINO Open Model Zoo, models/public/t2t-vit-14/model.yml (its checksums are SHA-384). Release files
+# not listed are checked against the digest recorded at their first download instead.
+RELEASE_DIGESTS: Dict[str, FileDigest] = {
+    _RELEASE_URL + '81.5_T2T_ViT_14.pth.tar': FileDigest(
+        size=86_212_823,
+        sha384='98c8ae06a1e9997f3e83ad2dfbac49985bf7bd7723eb64e4b8462338163be02657998f0bd9f8997367417003caeaf7a1'),
+}
+
+# The Hub commit each tag's weights are pinned to (`timm-t2t convert --push-to-hub` prints it): a pinned tag
+# downloads that commit and nothing else, whatever the repo holds later. None is published yet.
+_HUB_COMMITS: Dict[str, str] = {}
+
 _CONV_STEM = dict(first_conv='tokens_to_token.convs.0')
 
 default_cfgs = generate_default_cfgs({
-    **{name: _cfg(url=_RELEASE_URL + file, hf_hub_id=hub_repo_id(name), **kwargs) for name, file, kwargs in _RELEASES},
+    **{name: _cfg(url=_RELEASE_URL + file, hf_hub_id=hub_repo_id(name, _HUB_COMMITS.get(name)), **kwargs)
+       for name, file, kwargs in _RELEASES},
     't2t_vit_14_resnext': _cfg(),
     't2t_vit_14_wide': _cfg(),
     # the paper's ablations (no released weights)
@@ -1168,7 +1183,9 @@ def _pretrained_file_overlay(variant: str, kwargs: Dict[str, Any]) -> Dict[str, 
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     pretrained_cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg=kwargs.get('pretrained_cfg'), pretrained_cfg_overlay=overlay)
-    path = fetch_pretrained_file(pretrained_cfg.to_dict(), check_t2t_checkpoint, cache_dir=kwargs.get('cache_dir'))
+    path = fetch_pretrained_file(
+        pretrained_cfg.to_dict(), check_t2t_checkpoint, cache_dir=kwargs.get('cache_dir'),
+        release_digest=RELEASE_DIGESTS.get(pretrained_cfg.url))
     if path is not None:
         overlay.update(file=path, source='')  # timm then loads this file through checkpoint_filter_fn
     return overlay
