@@ -2,7 +2,9 @@
 
 ``timm_t2t_autoload.pth`` imports this module at interpreter start. It imports nothing heavy: it only puts a
 one-shot finder for ``timm`` on ``sys.meta_path``. When ``timm`` is first imported, the finder lets timm's own
-``__init__`` run and then imports ``timm_t2t.t2t_vit``, whose entry points register with timm's registry.
+``__init__`` run and then imports ``timm_t2t.t2t_vit``, whose entry points register with timm's registry. A mere
+lookup (``importlib.util.find_spec('timm')``, as transformers does to see whether timm is installed) leaves the
+finder in place for the import that follows.
 So ``timm.create_model('t2t_vit_14')`` works in any script, timm's ``train.py`` included, with no
 ``import timm_t2t``.
 
@@ -46,14 +48,19 @@ class TimmImportHook(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname != 'timm':
             return None
-        sys.meta_path.remove(self)  # one-shot, and keeps the lookup below from coming back here
-        spec = importlib.util.find_spec('timm')
+        sys.meta_path.remove(self)  # keeps the lookup below from coming back here
+        try:
+            spec = importlib.util.find_spec('timm')
+        finally:
+            sys.meta_path.insert(0, self)  # a lookup is not an import: stay until timm's module executes
         loader = getattr(spec, 'loader', None)
         if loader is None or not hasattr(loader, 'exec_module'):
             return spec
         exec_timm = loader.exec_module
 
         def exec_module(module):
+            if self in sys.meta_path:  # one-shot
+                sys.meta_path.remove(self)
             exec_timm(module)
             _register_models()
 
