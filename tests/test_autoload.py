@@ -83,6 +83,15 @@ def test_hub_organisation_is_a_setting():
     assert _run(code, TIMM_T2T_HUB_ORG='my-org') == 'my-org/t2t_vit_t_24.in1k'
 
 
+def test_looking_timm_up_before_importing_it_still_registers():
+    """Libraries check that timm is installed with importlib.util.find_spec (transformers does) before importing it."""
+    code = 'import importlib.util, json\n' \
+           'assert importlib.util.find_spec("timm") is not None\n' \
+           'import timm\n' \
+           'print(json.dumps(sorted(timm.list_models("t2t_vit*"))))'
+    assert _run(code) == EXPECTED
+
+
 _MODULES = ['attention', 'blocks', 'catalog', 'convert', 'hub', 'patch_embed', 'predict', 't2t_vit']
 _REGISTERED = 'import json, sys, timm, _timm_t2t_autoload as hook\n' \
               'print(json.dumps(dict(models=sorted(timm.list_models("t2t_vit*")),\n' \

@@ -6,6 +6,7 @@ a released reference file (known by its published digest, its name or the tag na
 loads with `timm.create_model('hf-hub:ORG/REPO', pretrained=True)` once pushed, or `'local-dir:PATH'` as it is.
 """
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -201,6 +202,22 @@ def _publish_permissions(folder: Path) -> None:
         path.chmod(0o666 & ~umask)
 
 
+def _config_for_every_loader(folder: Path, model: T2TViT) -> None:
+    """Make config.json describe the converted model to timm and to transformers' timm wrapper alike.
+
+    The wrapper builds the model with `num_classes` from the config's `num_classes` and with `**model_args`, so the
+    count leaves `model_args` (where the build arguments, and timm itself from 1.0.31, put it; the wrapper fails on
+    it with "got multiple values for keyword argument 'num_classes'"): timm reads it from the config's `num_classes`.
+    The wrapper's image processor reads the pretrained cfg, where timm before 1.0.31 leaves the tag's input size and
+    class count: both become the model's.
+    """
+    path = folder / 'config.json'
+    config = json.loads(path.read_text(encoding='utf-8'))
+    config.get('model_args', {}).pop('num_classes', None)
+    config['pretrained_cfg'].update(num_classes=config['num_classes'], input_size=[model.in_chans, *model.img_size])
+    path.write_text(json.dumps(config, indent=2), encoding='utf-8')
+
+
 def _logits(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(inputs)
@@ -256,6 +273,7 @@ def convert_checkpoint(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / 'converted'
         save_for_hf(model, folder, model_args=kwargs, safe_serialization=True)  # how to build it again
+        _config_for_every_loader(folder, model)
         (folder / 'README.md').write_text(
             generate_readme(model_card(model, weight_source, repo_id), repo_id or model_name), encoding='utf-8')
         _publish_permissions(folder)
