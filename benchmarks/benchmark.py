@@ -3,7 +3,7 @@ in one process and one run.
 
 Each configuration is a group of (model, implementation, recipe) entries timed against each other, interleaved round
 by round, so every ratio comes from the same conditions; the median round is reported. The recipes are those of
-`benchmarks/recipes.py` (fp32, bf16 autocast, bf16 weights, bf16 compiled with inductor freezing, int8 dynamic and
+`timm_t2t/recipes.py` (fp32, bf16 autocast, bf16 weights, bf16 compiled with inductor freezing, int8 dynamic and
 static quantization); training steps run in fp32 or under bf16 autocast. The competitors: this package's models,
 `benchmarks/reference_t2t.py` (the reference's math, eager), timm's `deit_small_patch16_224` (9.2 GFLOP/image against
 T2T-ViT-14's 9.57) and `vit_little_patch16_reg1_gap_256` (run at 224).
@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm_t2t  # noqa: E402,F401  registers the models, installed or not
-from benchmarks.recipes import prepare  # noqa: E402
+from timm_t2t.recipes import prepare  # noqa: E402
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config  # noqa: E402
 
 _logger = logging.getLogger('benchmark')

@@ -15,7 +15,9 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from timm.models._hub import save_for_hf
 
+from timm_t2t import recipes
 from timm_t2t.cli import main as cli_main
+from timm_t2t.predict import PRECISIONS
 
 from fresh_python import run_python
 
@@ -75,7 +77,8 @@ def test_help_answers_without_importing_torch():
             'print(json.dumps(sorted(m for m in ("torch", "timm") if m in sys.modules)))')
     assert run_python(code) == []
     for command, flags in [('list', ['--json']), ('info', ['model', '--json']),
-                           ('classify', ['--model', '--weights', '--top-k', '--batch-size', '--output']),
+                           ('classify', ['--model', '--weights', '--top-k', '--batch-size', '--output',
+                                         '--precision']),
                            ('convert', ['--model', '--push-to-hub'])]:
         done = _cli(command, '--help')
         assert done.returncode == 0 and all(flag in done.stdout for flag in flags), done.stdout
@@ -223,21 +226,170 @@ def test_classify_errors_name_the_problem(images, args, message):
     assert _error_line('classify', images, *args).endswith(message)
 
 
-def test_a_file_that_is_not_an_image_is_named(tmp_path, checkpoint):
-    text = tmp_path / 'photo.png'
-    text.write_text('not really')
-    assert _error_line('classify', text, '--weights', checkpoint).endswith(
-        f'{text} is not an image Pillow can read (UnidentifiedImageError).')
+def test_unreadable_images_are_named_and_the_rest_classified(images, checkpoint, tmp_path):
+    (images / 'broken.png').write_text('not really')
+    (images / 'nested' / 'empty.jpg').write_bytes(b'')
+    out = tmp_path / 'out.csv'
+    done = _cli('classify', images, '--weights', checkpoint, '--batch-size', '2', '--top-k', '1', '--output', out)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-3:] == [
+        f'timm-t2t classify: skipped: {images / "broken.png"} is not an image Pillow can read '
+        f'(UnidentifiedImageError).',
+        f'timm-t2t classify: skipped: {images / "nested" / "empty.jpg"} is not an image Pillow can read '
+        f'(UnidentifiedImageError).',
+        'timm-t2t classify: error: 2 of 7 images could not be read (each named above); the other 5 were classified.']
+    paths = sorted(images.glob('img*.png')) + [images / 'nested' / 'img4.png']
+    model = timm.create_model('t2t_vit_7', checkpoint_path=str(checkpoint), **SMALL_7)
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [r['path'] for r in rows] == list(map(str, paths))
+    assert [int(r['class']) for r in rows] == _expected_top(model, paths, 1).indices.flatten().tolist()
+    assert f'Wrote 5 predictions to {out}.' in done.stdout
+
+
+def test_output_folder_is_checked_before_torch_loads(tmp_path, images):
+    out = tmp_path / 'missing' / 'out.json'
+    code = ('import json, sys\nfrom timm_t2t.cli import main\ntry:\n    main(["classify", IMAGES, "--output", OUT])\n'
+            'except SystemExit as e:\n    print(json.dumps([str(e.code), "torch" in sys.modules]))')
+    message, torch_imported = run_python(code.replace('IMAGES', repr(str(images))).replace('OUT', repr(str(out))))
+    assert message == (f'timm-t2t classify: error: No folder {out.parent} to write --output {out} into: create it '
+                       f'first.')
+    assert not torch_imported
+
+
+@pytest.mark.parametrize('args, problem', [
+    (['--mean', '0.5', '0.5'], 'argument --mean: expected 3 values (one per input channel of the model) or 1 (for '
+                               'every channel), got 2'),
+    (['--std', '0.2', '0.2', '0.2', '0.2'], 'argument --std: expected 3 values (one per input channel of the model) '
+                                            'or 1 (for every channel), got 4'),
+    (['--crop-pct', '0'], "argument --crop-pct: expected a fraction of the resized image in (0, 1], got '0'"),
+    (['--crop-pct', '-1'], "argument --crop-pct: expected a fraction of the resized image in (0, 1], got '-1'"),
+    (['--crop-pct', '1.5'], "argument --crop-pct: expected a fraction of the resized image in (0, 1], got '1.5'"),
+])
+def test_preprocessing_options_that_do_not_fit_are_usage_errors(images, checkpoint, capsys, args, problem):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(['classify', str(images / 'img0.png'), '--weights', str(checkpoint), *args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f'timm-t2t classify: error: {problem} (see timm-t2t classify --help)']
+
+
+def test_one_mean_for_every_channel_is_accepted(images, checkpoint, tmp_path):
+    out = tmp_path / 'out.json'
+    cli_main(['classify', str(images / 'img0.png'), '--weights', str(checkpoint), '--mean', '0.5', '--std', '0.25',
+              '--output', str(out)])
+    model = timm.create_model('t2t_vit_7', checkpoint_path=str(checkpoint), **SMALL_7).eval()
+    transform = create_transform(input_size=(3, 64, 64), mean=(.5,) * 3, std=(.25,) * 3, crop_pct=0.9,
+                                 interpolation='bicubic')
+    with torch.no_grad():
+        top = model(transform(Image.open(images / 'img0.png').convert('RGB'))[None]).softmax(-1).topk(3)
+    np.testing.assert_allclose(json.loads(out.read_text())[0]['probabilities'], top.values[0].numpy(), atol=1e-5)
+
+
+@pytest.fixture
+def saved_folder(tmp_path) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path / 'folder'
+    save_for_hf(timm.create_model('t2t_vit_7', **TINY_7), folder, model_args=TINY_7, safe_serialization=True)
+    return folder
+
+
+@pytest.mark.parametrize('cut, problem', [(100, 'invalid header length'),
+                                          (-10, 'incomplete metadata, file not fully covered')])
+def test_a_truncated_folder_names_its_weight_file(images, saved_folder, cut, problem):
+    weights = saved_folder / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:cut])
+    assert _error_line('classify', images, '--weights', saved_folder).endswith(
+        f'{weights} is not a readable checkpoint: the file is truncated or corrupted ({problem}).')
+
+
+@pytest.mark.parametrize('text, problem', [
+    ('{"architecture": ', 'is not valid JSON (Expecting value: line 1 column 18 (char 17)).'),
+    ('["t2t_vit_7"]', "names no architecture: not a config.json as timm's save_for_hf writes it."),
+])
+def test_a_broken_folder_config_names_its_file(images, saved_folder, text, problem):
+    (saved_folder / 'config.json').write_text(text)
+    assert _error_line('classify', images, '--weights', saved_folder).endswith(
+        f'{saved_folder / "config.json"} {problem}')
+
+
+def test_a_broken_torch_install_says_what_to_do(tmp_path, images):
+    fake = tmp_path / 'site' / 'torchvision'  # a torchvision built for another torch fails like this on import
+    fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    import os
+    path = os.pathsep.join(p for p in (os.environ.get('PYTHONPATH'), str(fake.parent)) if p)
+    for args in (['list'], ['classify', images]):
+        done = _cli(*args, env=dict(PYTHONPATH=path))
+        assert done.returncode == 1
+        assert done.stderr.splitlines() == [
+            f'timm-t2t {args[0]}: error: torch/torchvision could not be imported (torchvision: RuntimeError: operator '
+            f'torchvision::nms does not exist): reinstall matching versions of both, e.g. pip install --upgrade torch '
+            f'torchvision (with the --index-url torch came from, if any).']
+
+
+def _classify_json(out: Path, *args) -> list:
+    cli_main(['classify', *map(str, args), '--top-k', '10', '--output', str(out)])
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope='module')
+def digits_fp32(digits_model, tmp_path_factory):
+    """Three validation images of each digit, and what the command line says of them in fp32."""
+    paths = [p for folder in sorted((digits_model.data / 'val').iterdir()) for p in sorted(folder.glob('*.png'))[:3]]
+    out = tmp_path_factory.mktemp('fp32') / 'fp32.json'
+    return paths, _classify_json(out, *paths, '--weights', digits_model.folder)
+
+
+# Largest difference in any class probability from fp32 allowed on the digits model (its logits stay within 0.1 of
+# fp32 in bf16 and 0.3 in int8, as tests/test_recipes.py bounds them; the top-1 leads the second class by 0.27 or more
+# on these images).
+PROBABILITY_TOLERANCE = {'fp32': 0., 'bf16': 0.02, 'int8': 0.05}
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+def test_precision_keeps_the_top1_of_fp32(digits_model, digits_fp32, tmp_path, precision):
+    paths, reference = digits_fp32
+    correct = [p['labels'][0] == path.parent.name for p, path in zip(reference, paths)]
+    assert sum(correct) >= 27  # a real model: right on at least 90% of them
+    predicted = _classify_json(
+        tmp_path / 'out.json', *paths, '--weights', digits_model.folder, '--precision', precision)
+    assert [p['classes'][0] for p in predicted] == [p['classes'][0] for p in reference]
+    for mine, theirs in zip(predicted, reference):
+        mine = dict(zip(mine['classes'], mine['probabilities']))
+        theirs = dict(zip(theirs['classes'], theirs['probabilities']))
+        assert max(abs(mine[c] - theirs[c]) for c in theirs) <= PROBABILITY_TOLERANCE[precision]
+
+
+@pytest.mark.parametrize('precision, recipe', [('bf16', 'bf16'), ('int8', 'int8-dynamic')])
+def test_verbose_says_which_recipe_runs(images, checkpoint, precision, recipe):
+    done = _cli('classify', '-v', images / 'img0.png', '--weights', checkpoint, '--precision', precision)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith('CPU recipe')] == [
+        f'CPU recipe {recipe}: {recipes._DESCRIPTIONS[recipe]}; logits returned in float32.']
+
+
+def test_a_precision_this_machine_cannot_run_is_one_line_before_loading(monkeypatch, images, tmp_path):
+    garbage = tmp_path / 'weights.pth'  # never read: the precision is checked first
+    garbage.write_text('not weights')
+    monkeypatch.setattr(recipes, '_cpu_has_bf16', lambda: False)
+    assert _error_line('classify', images, '--weights', garbage, '--precision', 'bf16').endswith(
+        'bf16 needs a CPU with bfloat16 support that torch can use (AVX-512 or AMX on x86, BF16 on Arm), which this '
+        'one lacks: use fp32 or int8.')
+    monkeypatch.delattr(torch.ao.quantization, 'quantize_dynamic')
+    assert _error_line('classify', images, '--weights', garbage, '--precision', 'int8').endswith(
+        f'This torch {torch.__version__} build has no int8 CPU quantization: use fp32 or bf16.')
 
 
 def test_verbose_says_where_weights_and_preprocessing_come_from_once(images, checkpoint):
     done = _cli('classify', '-v', images / 'img0.png', '--weights', checkpoint)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == len(set(lines)) == 3, lines
+    assert len(lines) == len(set(lines)) == 4, lines
     assert lines[0] == f'{checkpoint}: t2t_vit_7 with in_chans=3, num_classes=3, img_size=64.'
     assert lines[1].startswith(f'{checkpoint} carries no preprocessing config: images are prepared as for ImageNet')
     assert lines[2].startswith('Preprocessing: input_size (3, 64, 64), interpolation bicubic, mean (0.485, ')
+    assert lines[3] == 'CPU recipe fp32: float32 weights and activations, eager; logits returned in float32.'
 
 
 def test_classify_with_given_preprocessing(images, checkpoint, tmp_path):

@@ -1,13 +1,16 @@
-"""The CPU deployment recipes on a real trained model (the small-data experiment's T2T-ViT-7 on the digits): each
-keeps the logits near fp32 and the validation accuracy within half a point; and the default attention kernel is
-the fast one for the precision."""
+"""The CPU deployment recipes of `timm_t2t.recipes` on a real trained model (the small-data experiment's T2T-ViT-7 on
+the digits): each keeps the logits near fp32 and the validation accuracy within half a point; a recipe the machine
+cannot run says why in one line; and the default attention kernel is the fast one for the precision."""
 import itertools
+import logging
+import sys
 
 import pytest
 import timm
 import torch
 
-from benchmarks.recipes import RECIPES, prepare
+from timm_t2t import recipes
+from timm_t2t.recipes import RECIPES, prepare
 from benchmarks.small_data import val_loader
 from timm_t2t.attention import dot_product_attention
 
@@ -85,3 +88,39 @@ def test_timm_switch_decides_when_set(value, fused, forced):
     code = ('import json, timm\nm = timm.create_model("t2t_vit_7", img_size=64)\n'
             'a = m.blocks[0].attn\nprint(json.dumps([a.fused_attn, a.fused_attn_forced]))')
     assert run_python(code, {} if value is None else {'TIMM_FUSED_ATTN': value}) == [fused, forced]
+
+
+def test_int8_static_quantizes_from_an_example_of_one_image():
+    torch.manual_seed(0)
+    model = timm.create_model('t2t_vit_7', img_size=64, depth=1, num_classes=10).eval()
+    example, images = torch.randn(1, 3, 64, 64), torch.randn(3, 3, 64, 64)
+    quantized = recipes._quantize_static(model, example, [images])
+    with torch.no_grad():
+        logits, reference = quantized(images), model(images)
+    assert logits.shape == (3, 10)
+    assert (logits - reference).abs().max().item() <= 0.05 * reference.abs().max().item()  # 0.8% measured
+
+
+def test_int8_static_without_torchao_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'torchao', None)  # as if not installed: find_spec answers None
+    with pytest.raises(recipes.RecipeUnavailableError) as error:
+        recipes.check_recipe('int8-static')
+    assert str(error.value) == ('int8-static needs torchao, which is not installed: pip install torchao, or pip '
+                                'install "timm-t2t[int8]".')
+
+
+def test_int8_static_with_a_torchao_lacking_pt2e_says_to_upgrade_it(monkeypatch):
+    import torchao  # noqa: F401  installed, but without the PT2E modules
+    monkeypatch.setitem(sys.modules, 'torchao.quantization.pt2e', None)
+    with pytest.raises(recipes.RecipeUnavailableError, match=r"^int8-static needs torchao's PT2E quantization, which "
+                                                             r"the installed torchao does not import \(.*\): pip "
+                                                             r"install -U torchao for torch "):
+        recipes.check_recipe('int8-static')
+
+
+def test_recipes_are_logged(digits_model, caplog):
+    caplog.set_level(logging.INFO, logger='timm_t2t.recipes')
+    prepare(digits_model.model, 'int8-dynamic', torch.randn(2, 3, 64, 64))
+    assert caplog.messages == ['CPU recipe int8-dynamic: int8 weights in the Linear layers, their inputs quantized '
+                               'on the fly (torch.ao quantize_dynamic), the rest float32, eager; logits returned in '
+                               'float32.']

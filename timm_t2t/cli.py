@@ -1,11 +1,13 @@
 """The `timm-t2t` command: list and describe the models, classify images, convert reference checkpoints.
 
-Arguments are parsed, and image paths checked, before torch and timm are imported, so `--help` and mistakes answer
-at once. Every failure is one line on stderr (`timm-t2t COMMAND: error: ...`): exit status 2 for a command line that
-does not parse, 1 for anything else.
+Arguments are parsed, and image and output paths checked, before torch and timm are imported, so `--help` and
+mistakes answer at once; a torch install that does not import is one line saying what to do. Every failure is one line
+on stderr (`timm-t2t COMMAND: error: ...`): exit status 2 for a command line that does not parse (or a preprocessing
+option that does not fit the model), 1 for anything else.
 """
 import argparse
 import ast
+import importlib
 import logging
 import sys
 import warnings
@@ -25,6 +27,9 @@ _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
 
 Run `timm-t2t COMMAND --help` for a command's options.
 """
+_PRECISIONS = ('fp32', 'bf16', 'int8')  # timm_t2t.predict.PRECISIONS, named here without importing torch
+_REINSTALL_TORCH = ('reinstall matching versions of both, e.g. pip install --upgrade torch torchvision (with the '
+                    '--index-url torch came from, if any)')
 _OFFLINE_ADVICE = ('Pass weights you have with --weights FILE, or train a digits model offline in a checkout of '
                    'timm-t2t (pip install -e ".[bench]" && python benchmarks/small_data.py) and classify with '
                    '--weights runs/digits/t2t_vit_7.')
@@ -63,11 +68,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f'expected a fraction of the resized image in (0, 1], got {text!r}')
+    return value
+
+
 def _verbose_flag() -> argparse.ArgumentParser:
     """`-v` for the subcommands too (`timm-t2t classify -v ...`), not resetting one given before the command."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument('-v', '--verbose', action='store_true', default=argparse.SUPPRESS,
-                        help='say where weights come from and how images are preprocessed')
+                        help='say where weights come from, how images are preprocessed and in which precision '
+                             'the model runs')
     return parent
 
 
@@ -107,15 +123,22 @@ def _add_classify(subparsers) -> None:
                         help='normalization mean per channel (default: the model\'s config)')
     parser.add_argument('--std', type=float, nargs='+', metavar='S',
                         help='normalization standard deviation per channel (default: the model\'s config)')
-    parser.add_argument('--crop-pct', type=float, help='center crop fraction (default: the model\'s config)')
+    parser.add_argument('--crop-pct', type=_fraction, help='center crop fraction, in (0, 1] (default: the model\'s '
+                        'config)')
     parser.add_argument('--interpolation', choices=('bilinear', 'bicubic', 'nearest'),
                         help='resize interpolation (default: the model\'s config)')
     parser.add_argument('--top-k', type=_positive_int, default=5, help='classes per image (default: %(default)s)')
     parser.add_argument('--batch-size', type=_positive_int, default=16,
                         help='images per forward pass (default: %(default)s)')
-    parser.add_argument('--output', type=Path, help='also write the predictions to this .csv or .json file')
+    parser.add_argument('--precision', choices=_PRECISIONS, default='fp32',
+                        help='fp32: the model as it is (exact; the default); bf16: bfloat16 weights, eager (1.9x fp32 '
+                             'on the CPU README records, logits within ~0.1); int8: dynamic int8 quantization of the '
+                             'Linear layers (2.0x there, logits within ~0.3, no calibration images)')
+    parser.add_argument('--output', type=Path, help='also write the predictions to this .csv or .json file (good '
+                        'images only, when some cannot be read)')
     parser.add_argument('--no-progress', dest='progress', action='store_false',
                         help='no progress bar (shown on a terminal for more than one batch)')
+    parser.set_defaults(usage_error=parser.error)
 
 
 def _add_convert(subparsers) -> None:
@@ -142,6 +165,21 @@ def _add_convert(subparsers) -> None:
     parser.add_argument('--token', help='Hugging Face token (default: the one huggingface_hub finds)')
 
 
+def _import_libraries() -> None:
+    """Import torch, torchvision and timm, saying in one line what to do when the install is broken (e.g. a
+    torchvision built for another torch: `operator torchvision::nms does not exist`)."""
+    for name in ('torch', 'torchvision', 'timm'):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a broken install fails in many ways: ImportError, RuntimeError, OSError
+            problem = f'{type(e).__name__}: {e}'
+            if name == 'timm':
+                raise RuntimeError(f'timm could not be imported ({problem}): reinstall it, e.g. pip install --upgrade '
+                                   f'timm (releases before 1.0.22 need huggingface_hub<1.0 beside them).') from e
+            raise RuntimeError(f'torch/torchvision could not be imported ({name}: {problem}): '
+                               f'{_REINSTALL_TORCH}.') from e
+
+
 def _millions(count: int) -> str:
     return f'{count / 1e6:.1f}M'
 
@@ -149,6 +187,7 @@ def _millions(count: int) -> str:
 def _list(args: argparse.Namespace) -> None:
     import json
 
+    _import_libraries()
     from .catalog import variants
 
     rows = variants()
@@ -188,6 +227,7 @@ def _release_digest(digest: Dict[str, Any]) -> str:
 def _info(args: argparse.Namespace) -> None:
     import json
 
+    _import_libraries()
     from .catalog import describe_model
 
     info = describe_model(args.model)
@@ -215,18 +255,31 @@ def _info(args: argparse.Namespace) -> None:
         print(f'  {key}: {value}')
 
 
-def _classify(args: argparse.Namespace) -> None:
+def _check_classify_paths(args: argparse.Namespace) -> List[Path]:
+    """The images to classify; the output and weights paths checked too, all before torch loads (a typo fails at
+    once, before any download or any image is classified)."""
     from .images import find_images
 
-    images = find_images(args.images)  # inputs first, before torch loads: a typo fails at once, before any download
-    if args.output is not None and args.output.suffix.lower() not in ('.csv', '.json'):
-        raise ValueError(f'Cannot tell the format of {args.output}: name it .csv or .json.')
+    images = find_images(args.images)
+    if args.output is not None:
+        if args.output.suffix.lower() not in ('.csv', '.json'):
+            raise ValueError(f'Cannot tell the format of {args.output}: name it .csv or .json.')
+        if not args.output.parent.is_dir():
+            raise FileNotFoundError(f'No folder {args.output.parent} to write --output {args.output} into: create '
+                                    f'it first.')
     if args.weights is not None and not args.weights.exists():
         raise FileNotFoundError(f'No checkpoint file or model folder at {args.weights}.')
+    return images
 
+
+def _classify(args: argparse.Namespace) -> None:
+    images = _check_classify_paths(args)
+    _import_libraries()
     from .hub import WeightsUnavailableError
-    from .predict import classify, load_classifier, write_predictions
+    from .predict import PRECISIONS, DataConfigError, classify, load_classifier, write_predictions
+    from .recipes import check_recipe
 
+    check_recipe(PRECISIONS[args.precision])  # the CPU and torch can run it: known before any weights are loaded
     try:
         model = load_classifier(
             args.model or ('t2t_vit_14' if args.weights is None else None), args.weights, args.model_kwargs)
@@ -241,19 +294,32 @@ def _classify(args: argparse.Namespace) -> None:
             f'{cfg.get("mean")}, std {cfg.get("std")}, crop_pct {cfg.get("crop_pct")}); if it was trained otherwise, '
             f'pass --mean, --std and --crop-pct.')
     show_progress = args.progress and sys.stderr.isatty() and len(images) > args.batch_size
+    unreadable = []
+
+    def skip(path: Path, error: ValueError) -> None:
+        unreadable.append(path)
+        print(f'timm-t2t classify: skipped: {error}', file=sys.stderr)
+
     predictions = []
-    for prediction in classify(
-            model, images, args.batch_size, args.top_k, progress=show_progress, data_config=data_config):
-        predictions.append(prediction)
-        print(f'{prediction.path}:')
-        for prob, label in zip(prediction.probabilities, prediction.labels):
-            print(f'  {prob:7.2%}  {label}')
+    try:
+        for prediction in classify(model, images, args.batch_size, args.top_k, progress=show_progress,
+                                   data_config=data_config, precision=args.precision, on_unreadable=skip):
+            predictions.append(prediction)
+            print(f'{prediction.path}:')
+            for prob, label in zip(prediction.probabilities, prediction.labels):
+                print(f'  {prob:7.2%}  {label}')
+    except DataConfigError as e:
+        args.usage_error(f'argument --{e.key.replace("_", "-")}: {e.problem}')
     if args.output is not None:
         write_predictions(predictions, args.output)
         print(f'Wrote {len(predictions)} predictions to {args.output}.')
+    if unreadable:
+        raise ValueError(f'{len(unreadable)} of {len(images)} images could not be read (each named above); the '
+                         f'other {len(predictions)} were classified.')
 
 
 def _convert(args: argparse.Namespace) -> None:
+    _import_libraries()
     from .convert import convert_checkpoint, push_folder
 
     folder, diff = convert_checkpoint(
@@ -287,7 +353,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = _ArgumentParser(
         prog='timm-t2t', description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-v', '--verbose', action='store_true',
-                        help='say where weights come from and how images are preprocessed')
+                        help='say where weights come from, how images are preprocessed and in which precision '
+                             'the model runs')
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     _add_list(subparsers)
     _add_info(subparsers)

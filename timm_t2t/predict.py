@@ -3,8 +3,12 @@
     model = load_classifier('t2t_vit_14')                                  # pretrained weights (Hub / release)
     model = load_classifier(weights='71.7_T2T_ViT_7.pth.tar')              # a checkpoint (reference or timm)
     model = load_classifier(weights='runs/digits/t2t_vit_7')                # a folder written by save_for_hf
-    for prediction in classify(model, find_images(['photos/']), batch_size=16):
+    for prediction in classify(model, find_images(['photos/']), batch_size=16, precision='bf16'):
         ...
+
+`precision` picks one of the CPU recipes of `timm_t2t.recipes` (PRECISIONS says which): fp32 runs the model as it
+is; bf16 runs bfloat16 weights eagerly (the fastest float recipe measured, with no compile wait); int8 quantizes the
+Linear layers dynamically (no calibration images, no torchao and no compile wait, where static int8 needs all three).
 """
 import csv
 import dataclasses
@@ -12,26 +16,43 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
+from safetensors import SafetensorError, safe_open
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from timm.layers import to_2tuple
 from torch import nn
 
 from ._compat import create_model_from_folder
 from .catalog import check_model_name
-from .hub import read_checkpoint
+from .hub import InvalidCheckpointError, read_checkpoint
 from .images import find_images, read_image
+from .recipes import prepare
 from .t2t_vit import (
     CheckpointMismatchError, check_t2t_checkpoint, model_args_from_state_dict, normalize_state_dict)
 
-__all__ = ['Prediction', 'classify', 'find_images', 'infer_variant', 'load_classifier', 'write_predictions']
+__all__ = [
+    'PRECISIONS', 'DataConfigError', 'Prediction', 'classify', 'find_images', 'infer_variant', 'load_classifier',
+    'write_predictions',
+]
 
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+
+# the recipe of timm_t2t.recipes each precision runs
+PRECISIONS = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'int8-dynamic'}
+
+
+class DataConfigError(ValueError):
+    """A preprocessing setting that does not fit the model or timm's meaning of it; `key` names the setting."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f'{key}: {problem}')
+        self.key = key
+        self.problem = problem
 
 
 @dataclasses.dataclass
@@ -98,6 +119,29 @@ def _model_from_checkpoint(model_name: Optional[str], path: Path, model_kwargs: 
         raise CheckpointMismatchError(f'{path} does not fit {model_name}', e.mismatch) from e
 
 
+def _check_model_folder(folder: Path) -> None:
+    """A saved model folder's config.json parses and names an architecture, and its model.safetensors is whole (its
+    header read, not its weights); each problem raises an error naming the file."""
+    config_file = folder / 'config.json'
+    if not config_file.is_file():
+        raise FileNotFoundError(f'{folder} is a folder without config.json: not a saved model folder.')
+    try:
+        config = json.loads(config_file.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f'{config_file} is not valid JSON ({e}).') from e
+    if not isinstance(config, dict) or not isinstance(config.get('architecture'), str):
+        raise ValueError(f'{config_file} names no architecture: not a config.json as timm\'s save_for_hf writes it.')
+    weights_file = folder / 'model.safetensors'
+    if weights_file.is_file():
+        try:
+            with safe_open(str(weights_file), framework='pt'):
+                pass
+        except SafetensorError as e:
+            problem = str(e).split(': ', 1)[-1]  # past safetensors' 'Error while deserializing header: '
+            raise InvalidCheckpointError(
+                f'{weights_file} is not a readable checkpoint: the file is truncated or corrupted ({problem}).') from e
+
+
 def load_classifier(
         model_name: Optional[str] = 't2t_vit_14',
         weights: Optional[PathLike] = None,
@@ -114,8 +158,7 @@ def load_classifier(
         return timm.create_model(model_name, pretrained=True, **model_kwargs).eval()
     weights = Path(weights)
     if weights.is_dir():
-        if not (weights / 'config.json').is_file():
-            raise FileNotFoundError(f'{weights} is a folder without config.json: not a saved model folder.')
+        _check_model_folder(weights)
         if model_kwargs:
             raise ValueError(f'{weights} is a saved model folder, which names its own arguments: leave out the '
                              f'model arguments.')
@@ -147,6 +190,52 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit='img', file=sys.stderr, leave=False)
 
 
+def _input_size(model: torch.nn.Module) -> Tuple[int, int, int]:
+    """(channels, height, width) the model takes: the size a T2T-ViT was built for (timm < 1.0.31 records only the
+    pretrained weights' size in the config), else its config's."""
+    if getattr(model, 'img_size', None) is not None:
+        return (model.in_chans, *model.img_size)
+    return tuple(resolve_data_config(model=model)['input_size'])
+
+
+def _check_data_config(data_config: Mapping[str, Any], in_chans: int) -> None:
+    """Raise DataConfigError for settings timm would reject with a bare assertion or silently replace."""
+    for key in ('mean', 'std'):
+        values = data_config.get(key)
+        if values is not None and len(values) not in (1, in_chans):
+            raise DataConfigError(
+                key, f'expected {in_chans} values (one per input channel of the model) or 1 (for every channel), '
+                     f'got {len(values)}')
+    crop_pct = data_config.get('crop_pct')
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise DataConfigError('crop_pct', f'expected a fraction of the resized image in (0, 1], got {crop_pct}')
+
+
+def _read_batches(
+        images: Sequence[Path],
+        batch_size: int,
+        transform: Callable[[Any], torch.Tensor],
+        mode: str,
+        on_unreadable: Optional[Callable[[Path, ValueError], None]],
+) -> Iterator[Tuple[List[Path], torch.Tensor]]:
+    """Batches of (paths, preprocessed images) of up to `batch_size` readable images, in order."""
+    paths, tensors = [], []
+    for path in images:
+        try:
+            tensors.append(transform(read_image(path, mode)))
+        except ValueError as e:
+            if on_unreadable is None:
+                raise
+            on_unreadable(path, e)
+            continue
+        paths.append(path)
+        if len(paths) == batch_size:
+            yield paths, torch.stack(tensors)
+            paths, tensors = [], []
+    if paths:
+        yield paths, torch.stack(tensors)
+
+
 def classify(
         model: torch.nn.Module,
         images: Sequence[Path],
@@ -154,6 +243,8 @@ def classify(
         top_k: int = 5,
         progress: bool = False,
         data_config: Optional[Mapping[str, Any]] = None,
+        precision: str = 'fp32',
+        on_unreadable: Optional[Callable[[Path, ValueError], None]] = None,
 ) -> Iterator[Prediction]:
     """Top-k predictions for each image, computed in batches with the model's own data config.
 
@@ -165,31 +256,48 @@ def classify(
         progress: Show a progress bar on stderr.
         data_config: Preprocessing that differs from the model's config (`mean`, `std`, `crop_pct`,
             `interpolation`), as timm's `resolve_data_config` reads it.
+        precision: One of PRECISIONS: the CPU recipe the model runs in (fp32: as it is).
+        on_unreadable: Called with each image that cannot be read and the error naming it; the image is then
+            skipped. Without it, the first unreadable image raises that error.
+
+    Raises:
+        DataConfigError: A `data_config` setting does not fit the model (wrong count of means, a crop_pct outside
+            (0, 1]).
     """
     if batch_size < 1 or top_k < 1:
         raise ValueError(f'batch_size and top_k must be at least 1, got {batch_size} and {top_k}.')
-    config = resolve_data_config(args=dict(data_config or {}), model=model)
-    if getattr(model, 'img_size', None) is not None:  # the size it was built for (timm < 1.0.31 records only the
-        config['input_size'] = (model.in_chans, *model.img_size)  # pretrained weights' size in the config)
-    _logger.info(f'Preprocessing: {", ".join(f"{k} {v}" for k, v in config.items())}.')
-    in_chans = config['input_size'][0]
+    if precision not in PRECISIONS:
+        raise ValueError(f'Unknown precision {precision!r}, expected one of {", ".join(PRECISIONS)}.')
+    input_size = _input_size(model)
+    in_chans = input_size[0]
     if in_chans not in (1, 3):
         raise ValueError(f'Images are read as RGB or grayscale; this model takes {in_chans} channels.')
+    data_config = dict(data_config or {})
+    _check_data_config(data_config, in_chans)
+    config = resolve_data_config(args={**data_config, 'input_size': input_size}, model=model)
+    _logger.info(f'Preprocessing: {", ".join(f"{k} {v}" for k, v in config.items())}.')
     transform = create_transform(**config)
     labels = _label_names(model)
-    mode = 'RGB' if in_chans == 3 else 'L'
+    predict = None
     bar = _progress(len(images), progress)
+
+    def skip(path: Path, error: ValueError) -> None:
+        if bar is not None:
+            bar.update(1)
+        on_unreadable(path, error)
+
     try:
-        for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
-            x = torch.stack([transform(read_image(path, mode)) for path in batch])
-            with torch.inference_mode():
-                probs = model(x).softmax(dim=-1)
+        batches = _read_batches(
+            images, batch_size, transform, 'RGB' if in_chans == 3 else 'L', None if on_unreadable is None else skip)
+        for paths, x in batches:
+            if predict is None:
+                predict = prepare(model, PRECISIONS[precision], x)
+            probs = predict(x).softmax(dim=-1)
             top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
-            for path, values, indices in zip(batch, top.values.tolist(), top.indices.tolist()):
+            for path, values, indices in zip(paths, top.values.tolist(), top.indices.tolist()):
                 yield Prediction(str(path), indices, [labels[i] for i in indices], values)
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(len(paths))
     finally:
         if bar is not None:
             bar.close()
