@@ -2,25 +2,29 @@
 
 scikit-learn ships 1,797 real 8x8 scans of handwritten digits. They are written as an ImageFolder (a stratified
 train/val split with a fixed seed, upscaled to 64 px), and models are trained on them from scratch, with the same
-budget, recipe and seed, by timm's own training parts (create_dataset / create_loader, create_optimizer_v2,
+budget and recipe, by timm's own training parts (create_dataset / create_loader, create_optimizer_v2,
 create_scheduler_v2, ModelEmaV3, bf16 autocast, CheckpointSaver):
 
-- `t2t_vit_7`, a small T2T-ViT, against `deit_tiny_patch16_224`, a plain ViT of similar size (5.5M parameters
-  against 4.3M), both at 64 px: the paper's claim as a whole;
+- `t2t_vit_7`, a small T2T-ViT, against `deit_tiny_patch16_224`, a plain ViT of similar size (4.0M parameters
+  against 5.5M), both at 64 px: the paper's claim as a whole;
 - `deit_tiny_patch16_224` with `T2TPatchEmbed` as its stem, against the same ViT with its hard patch split: the
   claim isolated to the tokenizer.
 
-It prints a table, writes `small_data.json` and the validation accuracy curves `small_data.png` (into the work
-folder, runs/digits, unless `--results` names another; the recorded run is in benchmarks/results), and leaves a
-trained T2T-ViT as a model folder that the command line and timm load:
+Every model is trained once per seed (`--seeds N`: seeds 0 to N-1, 3 by default; the seed sets the initialization,
+the augmentation and the batch order, the split stays the same). It prints a table of the mean, standard deviation
+and range over the seeds, writes `small_data.json` (that summary and every seed's results) and `small_data.png`
+(validation curves and final accuracy, with error bars) into the work folder, runs/digits, unless `--results` names
+another (the recorded run is in benchmarks/results), and leaves the first seed's trained T2T-ViT as a model folder
+that the command line and timm load:
 
-    python benchmarks/small_data.py                     # about a minute per model, 2-3 minutes in all on 2 CPU cores
+    python benchmarks/small_data.py                     # about 2.5 minutes per seed on 2 CPU cores
     timm-t2t classify runs/digits/data/val/7 --weights runs/digits/t2t_vit_7
 
-The work folder takes about 250 MB, most of it timm's training checkpoints (with optimizer state).
+The work folder then takes about 23 MB (the images and that model folder). timm's training checkpoints, with the
+optimizer and EMA state, are kept only with `--checkpoints`: 60 to 90 MB per model and seed.
 
 With `--timm-scripts DIR` (a pytorch-image-models checkout) the registered models are trained and validated by
-timm's real `train.py` and `validate.py` on the same folder instead, with the same recipe.
+timm's real `train.py` and `validate.py` on the same folder instead, with the same recipe and seeds.
 
 Needs scikit-learn (and matplotlib for the plot): pip install -e ".[bench]".
 """
@@ -54,6 +58,8 @@ _logger = logging.getLogger('small_data')
 
 DIGITS = [str(d) for d in range(10)]
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # ink on paper: centre the gray levels
+SPLIT_SEED = 0  # the train/val split, the same for every training seed
+METRICS = ('val_top1', 'val_top1_ema', 'train_seconds')  # summarized over seeds
 
 
 @dataclasses.dataclass
@@ -68,7 +74,7 @@ class Recipe:
     scale: Tuple[float, float] = (0.8, 1.0)  # random-resized-crop; no flips: digits are not mirror-symmetric
     ema_decay: float = 0.99
     amp: bool = True  # bf16 autocast
-    seed: int = 0
+    seed: int = 0  # training: initialization, augmentation, batch order
 
 
 @dataclasses.dataclass
@@ -153,9 +159,10 @@ def create(run: Run, recipe: Recipe) -> torch.nn.Module:
     return timm.create_model(run.model, img_size=recipe.img_size, num_classes=len(DIGITS), **run.kwargs)
 
 
-def train(run: Run, data: Path, out_dir: Path, recipe: Recipe = Recipe()) -> Dict[str, Any]:
-    """Train a run from scratch; returns its validation curve, final top-1 (model and EMA) and timings, and leaves
-    timm checkpoints in out_dir. The trained model is returned under 'model', its EMA under 'ema'."""
+def train(run: Run, data: Path, out_dir: Optional[Path], recipe: Recipe = Recipe()) -> Dict[str, Any]:
+    """Train a run from scratch; returns its seed, validation curve, final top-1 (model and EMA) and timings, and
+    leaves timm checkpoints (last and best) in out_dir if one is given. The trained model is returned under
+    'model_obj', its EMA under 'ema_obj'."""
     model = create(run, recipe)
     loader_train, loader_val = _loader(data, 'train', recipe, training=True), val_loader(data, recipe)
     optimizer = create_optimizer_v2(model, opt='adamw', lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -164,10 +171,12 @@ def train(run: Run, data: Path, out_dir: Path, recipe: Recipe = Recipe()) -> Dic
         updates_per_epoch=len(loader_train))
     ema = ModelEmaV3(model, decay=recipe.ema_decay, use_warmup=True)
     autocast = partial(torch.autocast, 'cpu', dtype=torch.bfloat16) if recipe.amp else nullcontext
-    out_dir.mkdir(parents=True, exist_ok=True)
-    saver = CheckpointSaver(
-        model, optimizer, args=argparse.Namespace(model=run.model, **dataclasses.asdict(recipe)), model_ema=ema,
-        checkpoint_dir=str(out_dir), recovery_dir=str(out_dir), max_history=1)
+    saver = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        saver = CheckpointSaver(
+            model, optimizer, args=argparse.Namespace(model=run.model, **dataclasses.asdict(recipe)), model_ema=ema,
+            checkpoint_dir=str(out_dir), recovery_dir=str(out_dir), max_history=1)
     curve, losses, step = [], [], 0
     start = time.perf_counter()
     for epoch in range(recipe.epochs):
@@ -185,12 +194,13 @@ def train(run: Run, data: Path, out_dir: Path, recipe: Recipe = Recipe()) -> Dic
         scheduler.step(epoch + 1)
         top1 = evaluate(model, loader_val)
         curve.append(top1)
-        saver.save_checkpoint(epoch, metric=top1)
-        _logger.info(f'{run.label} epoch {epoch + 1}/{recipe.epochs}: loss {np.mean(losses[-len(loader_train):]):.3f}'
-                     f', val top-1 {top1:.1f}%')
+        if saver is not None:
+            saver.save_checkpoint(epoch, metric=top1)
+        _logger.info(f'{run.label} seed {recipe.seed} epoch {epoch + 1}/{recipe.epochs}: '
+                     f'loss {np.mean(losses[-len(loader_train):]):.3f}, val top-1 {top1:.1f}%')
     seconds = time.perf_counter() - start
     return dict(
-        label=run.label, model=run.model, params=sum(p.numel() for p in model.parameters()),
+        label=run.label, model=run.model, seed=recipe.seed, params=sum(p.numel() for p in model.parameters()),
         val_top1_curve=curve, val_top1=curve[-1], val_top1_ema=evaluate(ema.module, loader_val),
         train_seconds=seconds, first_loss=losses[0], last_loss=float(np.mean(losses[-len(loader_train):])),
         model_obj=model, ema_obj=ema.module)
@@ -215,103 +225,206 @@ def export(model: torch.nn.Module, folder: Path, recipe: Recipe, model_args: Dic
     return folder
 
 
-def run_timm_scripts(run: Run, scripts: Path, data: Path, out_dir: Path, recipe: Recipe) -> Dict[str, Any]:
-    """Train and validate a registered model with timm's train.py and validate.py, same folder and recipe."""
+def timm_experiment(run: Run, recipe: Recipe) -> str:
+    """The name of a model's training by timm's scripts with the recipe's seed (its folder under the output)."""
+    return f'{run.model}-seed{recipe.seed}'
+
+
+def timm_script_args(run: Run, data: Path, out_dir: Path, recipe: Recipe) -> Tuple[List[str], List[str]]:
+    """The command lines (after the script's path) with which train.py trains a registered model by the recipe into
+    out_dir/<model>-seed<seed>, and validate.py then validates its last checkpoint."""
     # the scripts' --img-size sets the data; a fixed-size ViT is built for it through --model-kwargs
     common = ['--model', run.model, '--img-size', str(recipe.img_size), '--num-classes', str(len(DIGITS)),
               '--interpolation', 'bicubic', '--mean', *map(str, MEAN), '--std', *map(str, STD),
               '--crop-pct', '1.0', '--workers', '0', '--device', 'cpu', *run.timm_script_args,
               '--model-kwargs', f'img_size={recipe.img_size}']
+    experiment = timm_experiment(run, recipe)
     train_args = [
-        sys.executable, str(scripts / 'train.py'), str(data), '--train-split', 'train', '--val-split', 'val',
+        str(data), '--train-split', 'train', '--val-split', 'val',
         '-b', str(recipe.batch_size), '--epochs', str(recipe.epochs), '--opt', 'adamw', '--lr', str(recipe.lr),
         '--weight-decay', str(recipe.weight_decay), '--sched', 'cosine', '--warmup-epochs', str(recipe.warmup_epochs),
         '--scale', *map(str, recipe.scale), '--hflip', '0', '--color-jitter', '0', '--smoothing', '0',
         '--seed', str(recipe.seed),
         '--model-ema', '--model-ema-decay', str(recipe.ema_decay), '--model-ema-warmup',
-        '--output', str(out_dir), '--experiment', run.model, '--checkpoint-hist', '1', *common]
+        '--output', str(out_dir), '--experiment', experiment, '--checkpoint-hist', '1', *common]
     if recipe.amp:
         train_args += ['--amp', '--amp-dtype', 'bfloat16']
+    validate_args = [str(data), '--split', 'val', '--checkpoint', str(out_dir / experiment / 'last.pth.tar'),
+                     '-b', str(recipe.batch_size), '--results-file', str(out_dir / f'{experiment}-val.json'),
+                     '--results-format', 'json', *common]
+    return train_args, validate_args
+
+
+def run_timm_scripts(run: Run, scripts: Path, data: Path, out_dir: Path, recipe: Recipe,
+                     keep_checkpoints: bool = False) -> Dict[str, Any]:
+    """Train and validate a registered model with timm's train.py and validate.py, same folder, recipe and seed.
+    train.py's checkpoints are removed once validated, unless kept."""
+    train_args, validate_args = timm_script_args(run, data, out_dir, recipe)
     start = time.perf_counter()
-    subprocess.run(train_args, check=True, cwd=scripts)
+    subprocess.run([sys.executable, str(scripts / 'train.py'), *train_args], check=True, cwd=scripts)
     seconds = time.perf_counter() - start
-    results = out_dir / f'{run.model}-val.json'
-    subprocess.run([sys.executable, str(scripts / 'validate.py'), str(data), '--split', 'val', '--checkpoint',
-                    str(out_dir / run.model / 'last.pth.tar'), '-b', str(recipe.batch_size),
-                    '--results-file', str(results), '--results-format', 'json', *common], check=True, cwd=scripts)
-    validated = json.loads(results.read_text())
-    return dict(label=f'{run.label} (timm train.py)', model=run.model, val_top1=validated['top1'],
+    subprocess.run([sys.executable, str(scripts / 'validate.py'), *validate_args], check=True, cwd=scripts)
+    experiment = timm_experiment(run, recipe)
+    validated = json.loads((out_dir / f'{experiment}-val.json').read_text())
+    if not keep_checkpoints:
+        for checkpoint in (out_dir / experiment).glob('*.pth.tar'):
+            checkpoint.unlink()
+    return dict(label=f'{run.label} (timm train.py)', model=run.model, seed=recipe.seed, val_top1=validated['top1'],
                 param_count_millions=validated.get('param_count'), train_seconds=seconds)
 
 
-def format_table(results: Sequence[Dict[str, Any]]) -> str:
-    lines = [f'{"model":34} {"params":>7} {"val top-1":>9} {"EMA":>6} {"train s":>8}', '-' * 68]
-    for r in results:
-        params = f'{r["params"] / 1e6:.1f}M' if 'params' in r else ''
-        ema = f'{r["val_top1_ema"]:.1f}' if 'val_top1_ema' in r else ''
-        lines.append(f'{r["label"]:34} {params:>7} {r["val_top1"]:9.1f} {ema:>6} {r["train_seconds"]:8.0f}')
+def spread(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Mean, sample standard deviation (None for a single value), min and max of one metric over seeds."""
+    array = np.asarray(values, dtype=float)
+    return dict(mean=float(array.mean()), std=float(array.std(ddof=1)) if len(array) > 1 else None,
+                min=float(array.min()), max=float(array.max()))
+
+
+def summarize(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per model of the experiment (by label, in order of first appearance): its seeds, its size and the spread of
+    each metric over the seeds."""
+    by_label: Dict[str, List[Dict[str, Any]]] = {}
+    for result in results:
+        by_label.setdefault(result['label'], []).append(result)
+    summary = []
+    for label, runs in by_label.items():
+        entry = dict(label=label, model=runs[0]['model'], seeds=[r['seed'] for r in runs])
+        entry.update({key: runs[0][key] for key in ('params', 'param_count_millions') if key in runs[0]})
+        entry.update({metric: spread([r[metric] for r in runs]) for metric in METRICS if metric in runs[0]})
+        summary.append(entry)
+    return summary
+
+
+def format_spread(stats: Dict[str, Optional[float]], decimals: int = 1) -> str:
+    """'mean ± std (min-max)', or the mean alone for a single seed."""
+    if stats['std'] is None:
+        return f'{stats["mean"]:.{decimals}f}'
+    return (f'{stats["mean"]:.{decimals}f} ± {stats["std"]:.{decimals}f} '
+            f'({stats["min"]:.{decimals}f}-{stats["max"]:.{decimals}f})')
+
+
+def format_table(summary: Sequence[Dict[str, Any]]) -> str:
+    """The summary as a text table: per model, mean ± std (min-max) over its seeds."""
+    lines = [f'{"model":26} {"params":>6} {"seeds":>5} {"val top-1 (%)":>24} {"EMA top-1 (%)":>24} '
+             f'{"train s":>16}', '-' * 106]
+    for arm in summary:
+        millions = arm['params'] / 1e6 if 'params' in arm else arm.get('param_count_millions')
+        params = f'{millions:.1f}M' if millions is not None else ''
+        ema = format_spread(arm['val_top1_ema']) if 'val_top1_ema' in arm else ''
+        lines.append(f'{arm["label"]:26} {params:>6} {len(arm["seeds"]):>5} {format_spread(arm["val_top1"]):>24} '
+                     f'{ema:>24} {format_spread(arm["train_seconds"], 0):>16}')
     return '\n'.join(lines)
 
 
-def plot(results: Sequence[Dict[str, Any]], path: Path) -> None:
+def plot(results: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]], path: Path) -> None:
+    """Validation curves (mean over seeds, std error bars, min-max band) and final top-1 of the model and its EMA
+    (mean, std error bars, one dot per seed)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        if 'val_top1_curve' in r:
-            ax.plot(range(1, len(r['val_top1_curve']) + 1), r['val_top1_curve'], marker='o', label=r['label'])
-    ax.set(xlabel='epoch', ylabel='validation top-1 (%)', title='Digits (1,437 training images), from scratch, 64 px')
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    fig, (curves, final) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw=dict(width_ratios=(3, 2)))
+    width = 0.38
+    for i, arm in enumerate(summary):
+        per_seed = np.array([r['val_top1_curve'] for r in results if r['label'] == arm['label']])
+        epochs = np.arange(1, per_seed.shape[1] + 1)
+        std = per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else None
+        line = curves.errorbar(epochs, per_seed.mean(axis=0), yerr=std, marker='o', capsize=3, label=arm['label'])
+        color = line.lines[0].get_color()
+        curves.fill_between(epochs, per_seed.min(axis=0), per_seed.max(axis=0), color=color, alpha=0.15)
+        for offset, metric, hatch in ((-width / 2, 'val_top1', None), (width / 2, 'val_top1_ema', '//')):
+            stats = arm[metric]
+            final.bar(i + offset, stats['mean'], width, yerr=stats['std'], capsize=4, color=color, alpha=0.6,
+                      hatch=hatch, edgecolor='black', linewidth=0.5)
+            values = [r[metric] for r in results if r['label'] == arm['label']]
+            final.plot([i + offset] * len(values), values, 'k.', markersize=5)
+    seeds = len(summary[0]['seeds'])
+    fig.suptitle(f'Digits (1,437 training images), from scratch, 64 px: {seeds} seed{"s" if seeds > 1 else ""}, '
+                 'mean ± std')
+    curves.set(xlabel='epoch', ylabel='validation top-1 (%)', title='validation curves (band: min-max)')
+    curves.grid(True, alpha=0.3)
+    curves.legend()
+    final.set_xticks(range(len(summary)), [arm['label'].replace(' + ', '\n+ ') for arm in summary])
+    final.set(ylabel='final validation top-1 (%)', ylim=(0, 102), title='model and EMA (hatched), dots: seeds')
+    final.grid(True, axis='y', alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def train_arm(run: Run, data: Path, work_dir: Path, recipe: Recipe, keep_checkpoints: bool,
+              export_t2t: bool) -> Dict[str, Any]:
+    """Train one model of the experiment with one seed by the recipe; a T2T-ViT is exported as a model folder
+    (work_dir/<model>, the better of the model and its EMA) if asked."""
+    checkpoints = work_dir / 'checkpoints' / run.label.replace(' ', '_') / f'seed-{recipe.seed}'
+    result = train(run, data, checkpoints if keep_checkpoints else None, recipe)
+    model, ema = result.pop('model_obj'), result.pop('ema_obj')
+    if export_t2t and run.model.startswith('t2t_vit'):
+        best = ema if result['val_top1_ema'] >= result['val_top1'] else model
+        folder = export(best, work_dir / run.model, recipe,
+                        dict(img_size=recipe.img_size, num_classes=len(DIGITS), **run.kwargs))
+        result['exported'] = str(folder)
+    return result
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    return int(text)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--work-dir', type=Path, default=Path('runs/digits'),
-                        help='images, checkpoints and the trained T2T-ViT go here (default: %(default)s)')
+                        help='images, the trained T2T-ViT and any checkpoints go here (default: %(default)s)')
     parser.add_argument('--results', type=Path,
                         help='table, JSON and plot go here (default: the work folder)')
-    parser.add_argument('--epochs', type=int, default=Recipe.epochs, help='training epochs (default: %(default)s)')
-    parser.add_argument('--seed', type=int, default=Recipe.seed, help='seed of the split and training')
+    parser.add_argument('--epochs', type=_positive_int, default=Recipe.epochs,
+                        help='training epochs (default: %(default)s)')
+    parser.add_argument('--seeds', type=_positive_int, default=3, metavar='N',
+                        help='train every model with each of the seeds 0 to N-1 (default: %(default)s)')
+    parser.add_argument('--checkpoints', action='store_true',
+                        help="keep timm's training checkpoints of every model and seed under the work folder")
     parser.add_argument('--timm-scripts', type=Path, metavar='DIR',
                         help='a pytorch-image-models checkout: train and validate with its train.py / validate.py')
     args = parser.parse_args(argv)
     missing = [name for name in ('sklearn', 'matplotlib') if importlib.util.find_spec(name) is None]
     if missing:
         parser.error(f'needs {" and ".join(missing)}: pip install -e ".[bench]"')
+    if args.timm_scripts:
+        absent = [name for name in ('train.py', 'validate.py') if not (args.timm_scripts / name).is_file()]
+        if absent:
+            parser.error(f'--timm-scripts {args.timm_scripts}: no {" and no ".join(absent)} there '
+                         '(expected a pytorch-image-models checkout)')
     args.results = args.results or args.work_dir
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
-    logging.getLogger('timm.utils.checkpoint_saver').setLevel(logging.WARNING)  # its per-epoch checkpoint listing
+    # the experiment's progress; libraries' warnings and errors only (not, e.g., matplotlib building its font cache)
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    _logger.setLevel(logging.INFO)
 
-    recipe = Recipe(epochs=args.epochs, seed=args.seed)
-    data = write_digits(args.work_dir / 'data', recipe.img_size, seed=recipe.seed)
+    base = Recipe(epochs=args.epochs)
+    data = write_digits(args.work_dir / 'data', base.img_size, seed=SPLIT_SEED)
+    seeds = list(range(args.seeds))
     results = []
-    for run in RUNS:
-        if args.timm_scripts:
-            if run.timm_script_args is not None:
-                results.append(run_timm_scripts(run, args.timm_scripts, data, args.work_dir / 'timm-scripts', recipe))
-            continue
-        result = train(run, data, args.work_dir / 'checkpoints' / run.label.replace(' ', '_'), recipe)
-        model, ema = result.pop('model_obj'), result.pop('ema_obj')
-        if run.model.startswith('t2t_vit'):
-            best = ema if result['val_top1_ema'] >= result['val_top1'] else model
-            folder = export(best, args.work_dir / run.model, recipe,
-                            dict(img_size=recipe.img_size, num_classes=len(DIGITS), **run.kwargs))
-            result['exported'] = str(folder)
-        results.append(result)
+    for seed in seeds:  # every model once per seed, seed after seed
+        recipe = dataclasses.replace(base, seed=seed)
+        for run in RUNS:
+            if not args.timm_scripts:
+                results.append(train_arm(run, data, args.work_dir, recipe, args.checkpoints, seed == seeds[0]))
+            elif run.timm_script_args is not None:
+                results.append(run_timm_scripts(
+                    run, args.timm_scripts, data, args.work_dir / 'timm-scripts', recipe, args.checkpoints))
 
     args.results.mkdir(parents=True, exist_ok=True)
     name = 'small_data_timm_scripts' if args.timm_scripts else 'small_data'
-    report = dict(recipe=dataclasses.asdict(recipe), torch=torch.__version__, timm=timm.__version__,
-                  threads=torch.get_num_threads(), train_images=sum(1 for _ in (data / 'train').rglob('*.png')),
-                  val_images=sum(1 for _ in (data / 'val').rglob('*.png')), results=results)
+    summary = summarize(results)
+    recipe_fields = {key: value for key, value in dataclasses.asdict(base).items() if key != 'seed'}
+    report = dict(recipe=recipe_fields, seeds=seeds, split_seed=SPLIT_SEED, torch=torch.__version__,
+                  timm=timm.__version__, threads=torch.get_num_threads(),
+                  train_images=sum(1 for _ in (data / 'train').rglob('*.png')),
+                  val_images=sum(1 for _ in (data / 'val').rglob('*.png')), summary=summary, results=results)
     (args.results / f'{name}.json').write_text(json.dumps(report, indent=2))
-    print(format_table(results))
+    print(format_table(summary))
     if not args.timm_scripts:
-        plot(results, args.results / f'{name}.png')
+        plot(results, summary, args.results / f'{name}.png')
     print(f'\nwrote {args.results / (name + ".json")}' + ('' if args.timm_scripts else f' and {name}.png'))
 
 

@@ -1,13 +1,27 @@
 """The small-data experiment on real images: the digits ImageFolder, a T2T-ViT that learns it, and the trained model
 as a folder that timm and the command line load."""
 import filecmp
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
-from benchmarks.small_data import DIGITS, val_loader, evaluate, write_digits
+from benchmarks.small_data import (
+    DIGITS, METRICS, RUNS, Recipe, evaluate, format_spread, format_table, summarize, timm_script_args, val_loader,
+    write_digits)
+from benchmarks.small_data import main as small_data_main
 from timm_t2t._compat import create_model_from_folder
 from timm_t2t.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_digits_are_written_as_a_stratified_image_folder(tmp_path):
@@ -46,3 +60,123 @@ def test_the_trained_model_folder_loads_in_timm_and_the_command_line(digits_mode
     cli_main(['classify', str(digits_model.data / 'val' / '4'), '--weights', str(digits_model.folder), '--top-k', '1'])
     labels = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith('  ')]
     assert len(labels) == 36 and labels.count('4') >= 32  # the digit names travel with the folder
+
+
+def _per_seed(label, seed, top1, ema, seconds, **extra):
+    return dict(label=label, model='t2t_vit_7', seed=seed, val_top1=top1, val_top1_ema=ema, train_seconds=seconds,
+                **extra)
+
+
+def test_seeds_are_summarized_per_model_as_mean_std_and_range():
+    results = [
+        _per_seed('A', 0, 97.5, 97.2, 40.1, params=4_001_264), _per_seed('B', 0, 52.8, 51.9, 43.0, params=5_491_786),
+        _per_seed('A', 1, 96.4, 96.9, 44.7, params=4_001_264), _per_seed('B', 1, 61.1, 60.0, 41.2, params=5_491_786),
+        _per_seed('A', 2, 98.3, 98.1, 39.0, params=4_001_264), _per_seed('B', 2, 47.5, 49.4, 45.9, params=5_491_786),
+    ]
+    summary = summarize(results)
+    assert [arm['label'] for arm in summary] == ['A', 'B']
+    for arm in summary:
+        runs = [r for r in results if r['label'] == arm['label']]
+        assert arm['seeds'] == [0, 1, 2] and arm['params'] == runs[0]['params'] and arm['model'] == 't2t_vit_7'
+        for metric in METRICS:
+            values = [r[metric] for r in runs]
+            expected = dict(mean=statistics.mean(values), std=statistics.stdev(values), min=min(values),
+                            max=max(values))
+            assert arm[metric] == pytest.approx(expected, rel=1e-12)
+
+    table = format_table(summary).splitlines()
+    assert len(table) == 2 + 2 and table[2].startswith('A ') and table[3].startswith('B ')
+    b = summary[1]['val_top1_ema']
+    assert f'{b["mean"]:.1f} ± {b["std"]:.1f} ({b["min"]:.1f}-{b["max"]:.1f})' in table[3]
+    seconds = summary[0]['train_seconds']
+    assert table[2].endswith(f'{seconds["mean"]:.0f} ± {seconds["std"]:.0f} ({seconds["min"]:.0f}-'
+                             f'{seconds["max"]:.0f})')
+    assert '4.0M' in table[2] and '5.5M' in table[3]
+
+
+def test_a_single_seed_has_no_spread():
+    arm, = summarize([_per_seed('A', 3, 97.5, 97.2, 40.1)])
+    assert arm['seeds'] == [3] and arm['val_top1'] == dict(mean=97.5, std=None, min=97.5, max=97.5)
+    assert format_spread(arm['val_top1']) == '97.5' and 'params' not in arm
+
+
+def test_timm_scripts_train_each_seed_into_its_own_folder_by_the_recipe(tmp_path):
+    recipe = Recipe(seed=2)
+    train_args, validate_args = timm_script_args(RUNS[0], tmp_path / 'data', tmp_path / 'out', recipe)
+    option = dict(zip(train_args, train_args[1:]))
+    assert option['--seed'] == '2' and option['--experiment'] == 't2t_vit_7-seed2' and option['--device'] == 'cpu'
+    assert (option['--epochs'], option['--warmup-epochs'], option['--lr']) == ('6', '1', '0.001')
+    assert option['--model-kwargs'] == 'img_size=64' and option['--amp-dtype'] == 'bfloat16'
+    option = dict(zip(validate_args, validate_args[1:]))
+    assert option['--checkpoint'] == str(tmp_path / 'out' / 't2t_vit_7-seed2' / 'last.pth.tar')
+    assert option['--device'] == 'cpu' and option['--results-file'] == str(tmp_path / 'out' / 't2t_vit_7-seed2-val.json')
+
+
+def test_readme_trains_the_digits_with_timm_scripts_by_the_recorded_recipe():
+    readme = (REPO / 'README.md').read_text()
+    command = re.search(r'^python train\.py \$DIGITS .*?[^\\]$', readme, flags=re.MULTILINE | re.DOTALL).group(0)
+    words = shlex.split(command.replace('\\\n', ' '))
+    option = dict(zip(words, words[1:]))
+    expected, _ = timm_script_args(RUNS[0], Path('$DIGITS'), Path(option['--output']), Recipe())
+    assert words[2:] == expected
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--seeds', '0'], "argument --seeds: expected a positive integer, got '0'"),
+    (['--seeds', 'two'], "argument --seeds: expected a positive integer, got 'two'"),
+    (['--epochs', '-1'], "argument --epochs: expected a positive integer, got '-1'"),
+    (['--timm-scripts', 'nowhere'], '--timm-scripts nowhere: no train.py and no validate.py there'),
+])
+def test_bad_options_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        small_data_main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err.splitlines()[-1]
+
+
+TINY_RUNS = """
+import benchmarks.small_data as small_data
+small_data.RUNS[:] = [
+    small_data.Run('tiny T2T', 't2t_vit_7', dict(depth=1, embed_dim=32, num_heads=1, token_dim=16)),
+    small_data.Run('tiny ViT', 'deit_tiny_patch16_224', dict(depth=1, embed_dim=32, num_heads=1)),
+]
+small_data.main(['--work-dir', {work!r}, '--seeds', '2', '--epochs', '1'])
+"""
+
+
+def test_every_model_is_trained_for_every_seed_and_summarized(tmp_path):
+    """Two tiny models, two seeds, one epoch, in a fresh interpreter whose matplotlib builds its font cache."""
+    work = tmp_path / 'work'
+    env = {**os.environ, 'PYTHONPATH': str(REPO), 'MPLCONFIGDIR': str(tmp_path / 'matplotlib')}
+    done = subprocess.run([sys.executable, '-c', TINY_RUNS.format(work=str(work))], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / 'matplotlib').is_dir()  # matplotlib built its font cache there, and said nothing of it
+    progress = done.stderr.splitlines()
+    assert [line.split(':')[0] for line in progress] == [
+        f'tiny {arm} seed {seed} epoch 1/1' for seed in (0, 1) for arm in ('T2T', 'ViT')]
+    assert all(re.fullmatch(r'.*: loss \d\.\d{3}, val top-1 \d+\.\d%', line) for line in progress)
+
+    report = json.loads((work / 'small_data.json').read_text())
+    assert report['seeds'] == [0, 1] and report['split_seed'] == 0 and 'seed' not in report['recipe']
+    assert report['recipe']['epochs'] == 1 and report['train_images'] == 1437 and report['val_images'] == 360
+    results = report['results']
+    assert [(r['label'], r['seed']) for r in results] == [
+        ('tiny T2T', 0), ('tiny ViT', 0), ('tiny T2T', 1), ('tiny ViT', 1)]
+    assert results[0]['first_loss'] != results[2]['first_loss']  # the seed changes the training
+    assert [arm['label'] for arm in report['summary']] == ['tiny T2T', 'tiny ViT']
+    table = done.stdout.splitlines()
+    for arm, line in zip(report['summary'], table[2:4]):
+        runs = [r for r in results if r['label'] == arm['label']]
+        assert arm['seeds'] == [0, 1] and arm['params'] == runs[0]['params']
+        for metric in METRICS:
+            values = [r[metric] for r in runs]
+            assert arm[metric] == pytest.approx(dict(mean=statistics.mean(values), std=statistics.stdev(values),
+                                                     min=min(values), max=max(values)), rel=1e-12)
+        top1 = arm['val_top1']
+        assert line.startswith(arm['label']) and (
+            f'{top1["mean"]:.1f} ± {top1["std"]:.1f} ({top1["min"]:.1f}-{top1["max"]:.1f})' in line)
+    assert table[-1] == f'wrote {work / "small_data.json"} and small_data.png'
+
+    assert Image.open(work / 'small_data.png').size[0] > 1000
+    assert results[0]['exported'] == str(work / 't2t_vit_7') and 'exported' not in results[2]
+    assert sorted(p.name for p in work.iterdir()) == ['data', 'small_data.json', 'small_data.png', 't2t_vit_7']
