@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm_t2t  # noqa: E402,F401  registers the models, installed or not
+from timm_t2t.attention import cpu_kernel_choices  # noqa: E402
 from timm_t2t.recipes import prepare  # noqa: E402
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config  # noqa: E402
 
@@ -92,6 +93,26 @@ class Row:
     linear_ms: Optional[float] = None  # the linear layers' matrix multiplications
     attention_ms: Optional[float] = None  # attention's matrix multiplications or fused kernels
     other_ms: Optional[float] = None
+    t2t_ms: Optional[float] = None  # the T2T module's forward (its backward is not in the profiler's scope)
+    t2t_flops_share: Optional[float] = None  # the T2T module's share of the model's FLOPs
+
+
+def cpu_name() -> str:
+    """The processor's model name and the instruction sets that decide its low-precision speed."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name':
+                    name = value.strip()
+                elif key.strip() == 'flags':
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    isa = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_bf16', 'amx_int8') if f in flags]
+    return f'{name} ({", ".join(isa)})' if isa else name
 
 
 def _sync(device: torch.device) -> None:
@@ -155,9 +176,9 @@ def _build(entry: Entry, img_size: int, device: torch.device) -> torch.nn.Module
     return timm.create_model(entry.model, **kwargs).to(device)
 
 
-def flops_per_image(model: torch.nn.Module, img_size: int, device: torch.device) -> float:
-    """FLOPs of one forward pass, counted on the eager attention path (FlopCounterMode has no formula for every
-    fused kernel; the math is the same)."""
+def flops_per_image(model: torch.nn.Module, img_size: int, device: torch.device) -> Tuple[float, Optional[float]]:
+    """FLOPs of one forward pass, and the T2T module's share of them (None for models without one), counted on the
+    eager attention path (FlopCounterMode has no formula for every fused kernel; the math is the same)."""
     fused = [m for m in model.modules() if getattr(m, 'fused_attn', False)]
     for m in fused:
         m.fused_attn = False
@@ -168,7 +189,9 @@ def flops_per_image(model: torch.nn.Module, img_size: int, device: torch.device)
     finally:
         for m in fused:
             m.fused_attn = True
-    return counter.get_total_flops()
+    total = counter.get_total_flops()
+    t2t = [sum(ops.values()) for name, ops in counter.get_flop_counts().items() if name.endswith('.tokens_to_token')]
+    return total, (t2t[0] / total if t2t else None)
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -176,6 +199,10 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 _TRAIN_AUTOCAST = {'fp32': None, 'bf16-autocast': torch.bfloat16, 'fp16-autocast': torch.float16}
+
+
+def _autocast_dtype(recipe: str) -> Optional[torch.dtype]:
+    return _TRAIN_AUTOCAST[recipe[:-len('-compiled')] if recipe.endswith('-compiled') else recipe]
 
 
 def make_step(model: torch.nn.Module, entry: Entry, config: Config, device: torch.device) -> Callable[[], None]:
@@ -188,12 +215,13 @@ def make_step(model: torch.nn.Module, entry: Entry, config: Config, device: torc
     model.train()
     target = torch.randint(0, 1000, (config.batch_size,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    dtype = _TRAIN_AUTOCAST[entry.recipe]
+    dtype = _autocast_dtype(entry.recipe)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    run = torch.compile(model) if entry.recipe.endswith('-compiled') else model
 
     def step():
         with _autocast(device, dtype):
-            loss = torch.nn.functional.cross_entropy(model(x), target)
+            loss = torch.nn.functional.cross_entropy(run(x), target)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -202,10 +230,10 @@ def make_step(model: torch.nn.Module, entry: Entry, config: Config, device: torc
 
 
 def _cuda_infer_step(model: torch.nn.Module, recipe: str, x: torch.Tensor) -> Callable[[], None]:
-    """fp32, bf16 and fp16 autocast on a GPU; 'compiled' is bf16 autocast under torch.compile."""
+    """fp32, bf16 and fp16 autocast on a GPU, eager or under torch.compile ('...-compiled')."""
     model = model.eval()
-    dtype = {'bf16-autocast': torch.bfloat16, 'fp16-autocast': torch.float16, 'compiled': torch.bfloat16}.get(recipe)
-    run = torch.compile(model) if recipe == 'compiled' else model
+    dtype = _autocast_dtype(recipe)
+    run = torch.compile(model) if recipe.endswith('-compiled') else model
 
     def step():
         with torch.inference_mode(), _autocast(x.device, dtype):
@@ -213,15 +241,45 @@ def _cuda_infer_step(model: torch.nn.Module, recipe: str, x: torch.Tensor) -> Ca
     return step
 
 
-def time_shares(step: Callable[[], None]) -> Tuple[float, float]:
-    """Fractions of one step's operator time spent in the linear layers' matrix multiplications and in attention."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+_T2T_SCOPE = 'tokens_to_token'
+
+
+def _mark_t2t_module(model: torch.nn.Module) -> None:
+    """A profiler scope around the T2T module's forward, kept by the copies that recipes make of the model (a compiled
+    graph leaves it out)."""
+    module = getattr(model, _T2T_SCOPE, None)
+    if module is None:
+        return
+    scope = []
+
+    def enter(*_):
+        scope.append(torch.autograd.profiler.record_function(_T2T_SCOPE))
+        scope[-1].__enter__()
+
+    def leave(*_):
+        scope.pop().__exit__(None, None, None)
+    module.register_forward_pre_hook(enter)
+    module.register_forward_hook(leave)
+
+
+def time_shares(step: Callable[[], None], device: torch.device) -> Tuple[float, float, Optional[float]]:
+    """Fractions of one step's operator time (kernel time on a GPU) spent in the linear layers' matrix
+    multiplications, in attention, and in the T2T module's forward (None for a model without one; compiled and
+    quantized graphs hide it too; see `_mark_t2t_module`)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
         step()
+        _sync(device)
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) or 1.
-    linear = sum(e.self_cpu_time_total for e in events if e.key.startswith(_LINEAR_OPS))
-    attention = sum(e.self_cpu_time_total for e in events if e.key.startswith(_ATTENTION_OPS))
-    return linear / total, attention / total
+    on_gpu = device.type == 'cuda'
+    own = (lambda e: e.self_device_time_total) if on_gpu else (lambda e: e.self_cpu_time_total)
+    total = sum(own(e) for e in events) or 1.
+    linear = sum(own(e) for e in events if e.key.startswith(_LINEAR_OPS))
+    attention = sum(own(e) for e in events if e.key.startswith(_ATTENTION_OPS))
+    t2t = [e.device_time_total if on_gpu else e.cpu_time_total for e in events if e.key == _T2T_SCOPE]
+    return linear / total, attention / total, (t2t[0] / total if t2t else None)
 
 
 def _peak_name(recipe: str) -> str:
@@ -237,6 +295,8 @@ def run_config(config: Config, device: torch.device, warmup: int, rounds: int, p
             key = (entry.model, entry.implementation == REFERENCE, config.img_size)
             if key not in flops_cache:
                 flops_cache[key] = flops_per_image(model, config.img_size, device)
+            if config.profile and not entry.recipe.endswith('compiled') and entry.recipe != 'int8-static':
+                _mark_t2t_module(model)  # (graphs built by torch.compile run without the scope's hooks)
             step = make_step(model, entry, config, device)
             step()  # compiles, quantizes, and finds out whether it fits
         except ImportError as e:  # int8-static needs torchao
@@ -250,7 +310,7 @@ def run_config(config: Config, device: torch.device, warmup: int, rounds: int, p
     seconds = time_interleaved({k: s for k, (_, s) in steps.items()}, device, warmup, rounds)
     rows = []
     for key, (entry, step) in steps.items():
-        flops = flops_cache[(entry.model, entry.implementation == REFERENCE, config.img_size)]
+        flops, t2t_flops_share = flops_cache[(entry.model, entry.implementation == REFERENCE, config.img_size)]
         flops *= 3 if config.task == 'train' else 1  # backward ~ 2x forward
         img_per_s = config.batch_size / seconds[key]
         peak = _peak_name(entry.recipe)
@@ -258,11 +318,13 @@ def run_config(config: Config, device: torch.device, warmup: int, rounds: int, p
             device=device.type, config=config.name, task=config.task, model=entry.model,
             implementation=entry.implementation, recipe=entry.recipe, img_size=config.img_size,
             batch_size=config.batch_size, img_per_s=img_per_s, step_ms=seconds[key] * 1e3,
-            gflops_per_img=flops / 1e9, peak=peak, peak_fraction=flops * img_per_s / peaks[peak])
-        if config.profile and device.type == 'cpu':
-            linear, attention = time_shares(step)
+            gflops_per_img=flops / 1e9, peak=peak, peak_fraction=flops * img_per_s / peaks[peak],
+            t2t_flops_share=t2t_flops_share)
+        if config.profile:
+            linear, attention, t2t = time_shares(step, device)
             row.linear_ms, row.attention_ms = row.step_ms * linear, row.step_ms * attention
             row.other_ms = row.step_ms - row.linear_ms - row.attention_ms
+            row.t2t_ms = None if t2t is None else row.step_ms * t2t
         rows.append(row)
         _logger.info(f'{config.name}: {key}: {img_per_s:.1f} img/s')
     return rows
@@ -302,16 +364,21 @@ def cpu_configs(quick: bool) -> List[Config]:
 
 
 def cuda_configs(quick: bool) -> List[Config]:
+    """Inference and training steps at batch 64 and 256 (224) and 64 / 16 (384), fp32 and bf16 / fp16 AMP, eager and
+    compiled, for T2T-ViT-14, T2T-ViT_t-14, the reference's math of both, DeiT-S and ViT-Little."""
     models = [('t2t_vit_14', OURS), ('t2t_vit_14', REFERENCE), ('t2t_vit_t_14', OURS), ('t2t_vit_t_14', REFERENCE),
-              (DEIT_S, TIMM)]
+              (DEIT_S, TIMM), (VIT_LITTLE, TIMM)]
+    recipes = ('bf16-autocast', 'bf16-autocast-compiled') if quick else (
+        'fp32', 'bf16-autocast', 'fp16-autocast', 'bf16-autocast-compiled', 'fp16-autocast-compiled')
+    shapes = [(224, 64, 64), (224, 256, 256)] + ([] if quick else [(384, 64, 16)])
     configs = []
-    for size in ((224,) if quick else (224, 384)):
-        for recipe in ('fp32', 'bf16-autocast', 'fp16-autocast', 'compiled'):
-            entries = [Entry(m, impl, recipe) for m, impl in models if not (recipe == 'compiled' and impl == REFERENCE)]
-            configs.append(Config(f'cuda {recipe} inference {size}', 'infer', size, 64, entries))
-        for recipe in ('fp32', 'bf16-autocast', 'fp16-autocast'):
-            configs.append(Config(f'cuda {recipe} training step {size}', 'train', size, 64 if size == 224 else 16,
-                                  [Entry(m, impl, recipe) for m, impl in models]))
+    for size, infer_batch, train_batch in shapes:
+        for task, batch in (('infer', infer_batch), ('train', train_batch)):
+            for recipe in recipes:
+                entries = [Entry(m, impl, recipe) for m, impl in models
+                           if not (recipe.endswith('compiled') and impl == REFERENCE)]
+                name = f'cuda {recipe} {"inference" if task == "infer" else "training step"} {size} b{batch}'
+                configs.append(Config(name, task, size, batch, entries, profile=True))
     return configs
 
 
@@ -364,6 +431,13 @@ def cpu_targets(rows: List[Row]) -> List[dict]:
           ours.img_per_s / deit.img_per_s, 0.95, ours and deit and _bound(ours, deit, 0.95))
     check(f'{t2t} fastest CPU recipe: fraction of the bf16 matmul peak', ours and ours.peak_fraction, 0.75,
           ours and _peak_note(ours))
+    for row in [r for r in rows if r.model == t2t and r.implementation == OURS and r.recipe.startswith('bf16')
+                and r.task == 'infer' and r.t2t_ms is not None]:  # (a training step's backward is out of scope)
+        share = row.t2t_ms / row.step_ms
+        checks.append(dict(
+            target=f'{t2t} {row.config}: T2T module share of the step <= 1.5x its FLOP share ({row.t2t_flops_share:.1%})',
+            ratio=share / row.t2t_flops_share, goal='<= 1.5', met=share <= 1.5 * row.t2t_flops_share,
+            bound=f'T2T module forward {row.t2t_ms:.0f} of {row.step_ms:.0f} ms'))
     fp32 = _pick(rows, 'int8 inference', t2t, OURS, 'fp32')
     int8 = [r for r in (_pick(rows, 'int8 inference', t2t, OURS, recipe) for recipe in ('int8-dynamic', 'int8-static'))
             if r]
@@ -375,12 +449,13 @@ def cpu_targets(rows: List[Row]) -> List[dict]:
 
 def format_table(rows: List[Row]) -> str:
     header = f'{"config":30} {"model":32} {"implementation":31} {"recipe":14} {"img/s":>7} {"ms":>7} ' \
-             f'{"of peak":>7} {"linear/attn/rest ms":>20}'
+             f'{"of peak":>7} {"linear/attn/rest ms":>20} {"T2T fwd: ms, share (FLOPs)":>27}'
     lines = [header, '-' * len(header)]
     for r in rows:
         split = f'{r.linear_ms:.0f}/{r.attention_ms:.0f}/{r.other_ms:.0f}' if r.linear_ms is not None else ''
+        t2t = f'{r.t2t_ms:.0f}, {r.t2t_ms / r.step_ms:.0%} ({r.t2t_flops_share:.0%})' if r.t2t_ms is not None else ''
         lines.append(f'{r.config:30} {r.model:32} {r.implementation:31} {r.recipe:14} {r.img_per_s:7.1f} '
-                     f'{r.step_ms:7.0f} {r.peak_fraction:7.0%} {split:>20}')
+                     f'{r.step_ms:7.0f} {r.peak_fraction:7.0%} {split:>20} {t2t:>27}')
     return '\n'.join(lines)
 
 
@@ -418,6 +493,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help='auto: CPU, then CUDA too when present')
     parser.add_argument('--quick', action='store_true', help='fewer rounds and configurations (a smoke run)')
     parser.add_argument('--out', type=Path, default=Path(__file__).parent / 'results', help='output folder')
+    parser.add_argument('--configs', nargs='+', metavar='TEXT',
+                        help='run only the configurations whose name contains one of these (e.g. "bf16 weights")')
+    parser.add_argument('--name', help='base name of the JSON and PNG (default: benchmark, benchmark_cuda)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
 
@@ -425,7 +503,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available()):
         devices.append(torch.device('cuda'))
     warmup, rounds = (1, 3) if args.quick else (2, 9)
-    result = dict(torch=torch.__version__, timm=timm.__version__, platform=platform.platform(),
+    result = dict(torch=torch.__version__, timm=timm.__version__, platform=platform.platform(), cpu=cpu_name(),
                   threads=torch.get_num_threads(), matmul_peak_gflops={}, rows=[], targets=[])
     rows: List[Row] = []
     for device in devices:
@@ -436,15 +514,20 @@ def main(argv: Optional[List[str]] = None) -> None:
         result['matmul_peak_gflops'][device.type] = {k: v / 1e9 for k, v in peaks.items()}
         _logger.info(f'{device.type} matmul peaks: ' + ', '.join(f'{k} {v / 1e9:.0f}' for k, v in peaks.items()))
         configs = cpu_configs(args.quick) if device.type == 'cpu' else cuda_configs(args.quick)
+        if args.configs:
+            configs = [c for c in configs if any(text in c.name for text in args.configs)]
         flops_cache = {}
         for config in configs:
             rows += run_config(config, device, warmup, rounds, peaks, flops_cache)
     if devices[0].type == 'cpu':
         result['targets'] = cpu_targets(rows)
     result['rows'] = [dataclasses.asdict(r) for r in rows]
+    result['cpu_attention_kernels'] = [dict(zip(('dtype', 'grad', 'head_dim', 'batch_x_heads', 'tokens', 'threads'),
+                                                map(str, key)), kernel=kernel)
+                                       for key, kernel in cpu_kernel_choices().items()]
 
     args.out.mkdir(parents=True, exist_ok=True)
-    name = 'benchmark' if devices[0].type == 'cpu' else 'benchmark_cuda'
+    name = args.name or ('benchmark' if devices[0].type == 'cpu' else 'benchmark_cuda')
     (args.out / f'{name}.json').write_text(json.dumps(result, indent=2))
     print(format_table(rows))
     for device, peaks in result['matmul_peak_gflops'].items():
@@ -455,7 +538,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         ratio = 'n/a' if t['ratio'] is None else f'{t["ratio"]:.2f}'
         print(f'target {t["target"]}: {ratio} (goal {t["goal"]}): {status}' + (f'; {t["bound"]}' if t['bound'] else ''))
     if devices[0].type == 'cpu':
-        plot(rows, args.out / 'cpu_recipes.png')
+        plot(rows, args.out / ('cpu_recipes.png' if args.name is None else f'{args.name}.png'))
     print(f'\nwrote {args.out / (name + ".json")}')
 
 

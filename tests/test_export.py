@@ -4,6 +4,7 @@ import onnxruntime
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +61,30 @@ def test_onnx_export_matches_eager(small_model, tmp_path):
         (out,) = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
         with torch.no_grad():
             np.testing.assert_allclose(out, small_model(inputs).numpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize('token_map', [False, True])
+def test_soft_split_operator_is_the_soft_split_with_its_gradient(token_map):
+    """Compiled graphs take the soft split as one operator: same tokens as F.unfold, the same gradient, and the
+    registrations torch.library checks (fake shapes, autograd, schema)."""
+    from timm_t2t.t2t_vit import _soft_split_op, soft_split
+    assert _soft_split_op is not None  # torch >= 2.4
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 13, 11, dtype=torch.float64)
+    if token_map:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    tokens = torch.ops.timm_t2t.soft_split(x, 3, 2, 1, token_map)
+    torch.testing.assert_close(tokens, F.unfold(x, 3, padding=1, stride=2).transpose(1, 2), rtol=0, atol=0)
+    grad = torch.randn_like(tokens)
+    expected, = torch.autograd.grad(soft_split(x, 3, 2, 1, token_map), x, grad)
+    torch.testing.assert_close(torch.autograd.grad(tokens, x, grad)[0], expected, rtol=0, atol=1e-12)
+    torch.library.opcheck(torch.ops.timm_t2t.soft_split.default, (x, 3, 2, 1, token_map))
+
+
+def test_compiled_graph_runs_the_soft_splits_as_operators(small_model):
+    graphs = []
+    torch.compile(small_model, backend=lambda gm, inputs: graphs.append(gm) or gm, fullgraph=True)(
+        torch.randn(2, 3, 64, 64))
+    targets = [str(n.target) for g in graphs for n in g.graph.nodes if n.op == 'call_function']
+    assert sum('timm_t2t.soft_split' in t for t in targets) == 3

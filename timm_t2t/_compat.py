@@ -155,6 +155,20 @@ def is_compiling() -> bool:
     return torch._dynamo.is_compiling()
 
 
+def is_exporting() -> bool:
+    """Whether torch.export is tracing the caller (`torch.compiler.is_exporting`; False before it existed)."""
+    is_exporting_fn = getattr(getattr(torch, 'compiler', None), 'is_exporting', None)
+    return bool(is_exporting_fn()) if is_exporting_fn is not None else False
+
+
+def custom_op(name: str) -> Callable[[Callable], Optional[Any]]:
+    """`torch.library.custom_op(name, mutates_args=())` from torch 2.4; before it, a decorator that gives None
+    (callers then keep to their plain code)."""
+    if hasattr(torch.library, 'custom_op'):
+        return torch.library.custom_op(name, mutates_args=())
+    return lambda fn: None
+
+
 def is_autocast_available(device_type: str) -> bool:
     """Whether `torch.autocast` takes this device type (torch.amp's own test from torch 2.4)."""
     if hasattr(torch.amp, 'is_autocast_available'):
