@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm_t2t  # noqa: E402,F401  registers the models, installed or not
+from benchmarks.machine import cpu_name  # noqa: E402
 from timm_t2t.attention import cpu_kernel_choices  # noqa: E402
 from timm_t2t.recipes import prepare  # noqa: E402
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config  # noqa: E402
@@ -95,24 +96,6 @@ class Row:
     other_ms: Optional[float] = None
     t2t_ms: Optional[float] = None  # the T2T module's forward (its backward is not in the profiler's scope)
     t2t_flops_share: Optional[float] = None  # the T2T module's share of the model's FLOPs
-
-
-def cpu_name() -> str:
-    """The processor's model name and the instruction sets that decide its low-precision speed."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() == 'model name':
-                    name = value.strip()
-                elif key.strip() == 'flags':
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    isa = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_bf16', 'amx_int8') if f in flags]
-    return f'{name} ({", ".join(isa)})' if isa else name
 
 
 def _sync(device: torch.device) -> None:

@@ -17,7 +17,7 @@ and range over the seeds, writes `small_data.json` (that summary and every seed'
 another (the recorded run is in benchmarks/results), and leaves the first seed's trained T2T-ViT as a model folder
 that the command line and timm load:
 
-    python benchmarks/small_data.py                     # about 2.5 minutes per seed on 2 CPU cores
+    python benchmarks/small_data.py                     # about 3 minutes per seed on 2 CPU cores
     timm-t2t classify runs/digits/data/val/7 --weights runs/digits/t2t_vit_7
 
 The work folder then takes about 23 MB (the images and that model folder). timm's training checkpoints, with the
@@ -51,6 +51,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import CheckpointSaver, ModelEmaV3, accuracy, random_seed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import cpu_name  # noqa: E402
 from timm_t2t import T2TPatchEmbed  # noqa: E402
 from timm_t2t._compat import save_for_hf  # noqa: E402
 
@@ -417,7 +418,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     name = 'small_data_timm_scripts' if args.timm_scripts else 'small_data'
     summary = summarize(results)
     recipe_fields = {key: value for key, value in dataclasses.asdict(base).items() if key != 'seed'}
-    report = dict(recipe=recipe_fields, seeds=seeds, split_seed=SPLIT_SEED, torch=torch.__version__,
+    report = dict(recipe=recipe_fields, seeds=seeds, split_seed=SPLIT_SEED, cpu=cpu_name(), torch=torch.__version__,
                   timm=timm.__version__, threads=torch.get_num_threads(),
                   train_images=sum(1 for _ in (data / 'train').rglob('*.png')),
                   val_images=sum(1 for _ in (data / 'val').rglob('*.png')), summary=summary, results=results)
