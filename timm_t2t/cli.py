@@ -131,9 +131,9 @@ def _add_classify(subparsers) -> None:
     parser.add_argument('--batch-size', type=_positive_int, default=16,
                         help='images per forward pass (default: %(default)s)')
     parser.add_argument('--precision', choices=_PRECISIONS, default='fp32',
-                        help='fp32: the model as it is (exact; the default); bf16: bfloat16 weights, eager (1.9x fp32 '
-                             'on the CPU README records, logits within ~0.1); int8: dynamic int8 quantization of the '
-                             'Linear layers (2.0x there, logits within ~0.3, no calibration images)')
+                        help='fp32: the model as it is (exact; the default); bf16: bfloat16 weights, eager (2.4x fp32 '
+                             'in README\'s recorded CPU run, logits within ~0.1); int8: dynamic int8 quantization of '
+                             'the Linear layers (2.0x in an earlier run, logits within ~0.3, no calibration images)')
     parser.add_argument('--output', type=Path, help='also write the predictions to this .csv or .json file (good '
                         'images only, when some cannot be read)')
     parser.add_argument('--no-progress', dest='progress', action='store_false',
