@@ -12,7 +12,6 @@ import torch
 from timm_t2t import recipes
 from timm_t2t.recipes import RECIPES, prepare
 from benchmarks.small_data import val_loader
-from timm_t2t.attention import dot_product_attention
 
 # Largest |logit - fp32 logit| allowed on the digits model (its logits span about +-7).
 LOGIT_TOLERANCE = {
@@ -57,37 +56,6 @@ def test_recipe_keeps_logits_and_accuracy(digits_model, validation, recipe):
 def test_unknown_recipe_is_named(digits_model):
     with pytest.raises(ValueError, match="Unknown recipe 'fp8'"):
         prepare(digits_model.model, 'fp8', torch.randn(1, 3, 64, 64))
-
-
-@pytest.mark.parametrize('dtype, tokens, fused_expected', [
-    (torch.float32, 197, True),  # fp32: the fused kernel
-    (torch.bfloat16, 197, False),  # bf16 on the CPU, short sequences: eager matmul-softmax-matmul
-    (torch.bfloat16, 3136, True),  # bf16, the first T2T layer's 3136 tokens: fused again
-])
-def test_attention_kernel_follows_dtype_and_length(monkeypatch, dtype, tokens, fused_expected):
-    calls = []
-    original = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
-                        lambda *a, **k: calls.append(1) or original(*a, **k))
-    q, k, v = (torch.randn(1, 2, tokens, 16, dtype=dtype) for _ in range(3))
-    out = dot_product_attention(q, k, v, scale=0.25)
-    assert bool(calls) == fused_expected
-    expected = torch.softmax((q.float() @ k.float().transpose(-2, -1)) * 0.25, dim=-1) @ v.float()
-    torch.testing.assert_close(out.float(), expected, rtol=0, atol=0.02 if dtype == torch.bfloat16 else 1e-5)
-    calls.clear()
-    dot_product_attention(q, k, v, scale=0.25, forced=True)  # TIMM_FUSED_ATTN=1: fused everywhere
-    assert calls
-    calls.clear()
-    dot_product_attention(q, k, v, scale=0.25, fused=False)  # timm's switch off: never fused
-    assert not calls
-
-
-@pytest.mark.parametrize('value, fused, forced', [('0', False, False), ('1', True, True), (None, True, False)])
-def test_timm_switch_decides_when_set(value, fused, forced):
-    from fresh_python import run_python
-    code = ('import json, timm\nm = timm.create_model("t2t_vit_7", img_size=64)\n'
-            'a = m.blocks[0].attn\nprint(json.dumps([a.fused_attn, a.fused_attn_forced]))')
-    assert run_python(code, {} if value is None else {'TIMM_FUSED_ATTN': value}) == [fused, forced]
 
 
 def test_int8_static_quantizes_from_an_example_of_one_image():
