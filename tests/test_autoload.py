@@ -2,7 +2,6 @@
 import pathlib
 import subprocess
 import sys
-import sysconfig
 import zipfile
 
 import pytest
@@ -145,7 +144,7 @@ def test_start_entry_point_alone_registers_the_models(wheel):
     """As Python 3.15+ runs it: no .pth import line (site is off here), the .start entry point resolved by
     pkgutil.resolve_name and called, then a plain `import timm`."""
     entry_point, = _lines(wheel, 'timm_t2t_autoload.start')
-    paths = [str(pathlib.Path(__file__).parents[1]), sysconfig.get_paths()['purelib']]
+    paths = [str(pathlib.Path(__file__).parents[1])] + [path for path in sys.path if path]  # what site had added
     code = f'import sys; sys.path[:0] = {paths!r}\n' \
            f'import pkgutil; pkgutil.resolve_name({entry_point!r})()\n' + _REGISTERED
     assert _run_flags(code, '-S') == {'models': EXPECTED, 'finders': 0}
