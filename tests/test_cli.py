@@ -203,7 +203,7 @@ def test_offline_fails_fast_in_one_line_saying_what_to_do(tmp_path):
     assert lines[0].startswith('timm-t2t classify: error: Cannot get the pretrained weights of t2t_vit_14.in1k: '
                                'timm-t2t/t2t_vit_14.in1k is not in the local cache')
     assert 'HF_HUB_OFFLINE is set' in lines[0] and '--weights FILE' in lines[0]
-    assert 'pip install -e ".[bench]" && python benchmarks/small_data.py' in lines[0]
+    assert 'pip install -e ".[bench]" && python benchmarks/small_data.py --seeds 1' in lines[0]
 
 
 @pytest.mark.parametrize('content, problem', [
@@ -324,8 +324,8 @@ def test_a_broken_torch_install_says_what_to_do(tmp_path, images):
         assert done.returncode == 1
         assert done.stderr.splitlines() == [
             f'timm-t2t {args[0]}: error: torch/torchvision could not be imported (torchvision: RuntimeError: operator '
-            f'torchvision::nms does not exist): reinstall matching versions of both, e.g. pip install --upgrade torch '
-            f'torchvision (with the --index-url torch came from, if any).']
+            f'torchvision::nms does not exist): reinstall both in one pip command, from one index, e.g. pip install '
+            f'--upgrade torch torchvision (add the --index-url they should both come from, if any).']
 
 
 def _classify_json(out: Path, *args) -> list:

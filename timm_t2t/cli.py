@@ -28,11 +28,11 @@ _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
 Run `timm-t2t COMMAND --help` for a command's options.
 """
 _PRECISIONS = ('fp32', 'bf16', 'int8')  # timm_t2t.predict.PRECISIONS, named here without importing torch
-_REINSTALL_TORCH = ('reinstall matching versions of both, e.g. pip install --upgrade torch torchvision (with the '
-                    '--index-url torch came from, if any)')
+_REINSTALL_TORCH = ('reinstall both in one pip command, from one index, e.g. pip install --upgrade torch torchvision '
+                    '(add the --index-url they should both come from, if any)')
 _OFFLINE_ADVICE = ('Pass weights you have with --weights FILE, or train a digits model offline in a checkout of '
-                   'timm-t2t (pip install -e ".[bench]" && python benchmarks/small_data.py) and classify with '
-                   '--weights runs/digits/t2t_vit_7.')
+                   'timm-t2t (pip install -e ".[bench]" && python benchmarks/small_data.py --seeds 1, a few minutes) '
+                   'and classify digit images with --weights runs/digits/t2t_vit_7.')
 
 
 class _ArgumentParser(argparse.ArgumentParser):
