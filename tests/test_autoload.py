@@ -41,11 +41,25 @@ def test_create_model_in_a_plain_script():
     assert _run(code) == [1, 3]
 
 
-@pytest.mark.parametrize('value', ['0', 'false'])
-def test_env_var_turns_it_off_and_import_still_registers(value):
-    assert _run(LIST_MODELS, TIMM_T2T_AUTOLOAD=value) == {'models': [], 'plugin': False}
+def test_env_var_turns_it_off_and_import_still_registers():
+    assert _run(LIST_MODELS, TIMM_T2T_AUTOLOAD='0') == {'models': [], 'plugin': False}
     code = 'import json, timm, timm_t2t; print(json.dumps(sorted(timm.list_models("t2t_vit*"))))'
-    assert _run(code, TIMM_T2T_AUTOLOAD=value) == EXPECTED
+    assert _run(code, TIMM_T2T_AUTOLOAD='0') == EXPECTED
+
+
+@pytest.mark.parametrize('value, armed', [
+    ('0', False), ('false', False), (' Off ', False), ('no', False), ('1', True), ('', True), (None, True)])
+def test_env_var_values(monkeypatch, value, armed):
+    """Which values of the variable turn the start-up hook off (what it then does is tested above)."""
+    import _timm_t2t_autoload as hook
+    calls = []
+    monkeypatch.setattr(hook, 'register_with_timm', lambda: calls.append(True))
+    if value is None:
+        monkeypatch.delenv(hook.ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(hook.ENV_VAR, value)
+    hook.install()
+    assert bool(calls) == armed
 
 
 def test_importing_the_package_first_works():
@@ -97,12 +111,24 @@ _REGISTERED = 'import json, sys, timm, _timm_t2t_autoload as hook\n' \
               '    finders=sum(isinstance(f, hook.RegistrationFinder) for f in sys.meta_path))))'
 
 
-@pytest.mark.parametrize('module', _MODULES)
-def test_importing_any_module_first_registers_once_complete(module):
+_EACH_MODULE_FIRST = f"""import importlib, json, sys
+results = {{}}
+for module in {_MODULES!r}:
+    # timm and timm-t2t imported afresh for each module (torch stays: nothing of the hook depends on it)
+    for name in [n for n in sys.modules if n.split('.')[0] in ('timm', 'timm_t2t', '_timm_t2t_autoload')]:
+        del sys.modules[name]
+    importlib.import_module('timm_t2t.' + module)
+    import timm
+    results[module] = dict(models=sorted(timm.list_models('t2t_vit*')),
+                           finders=sum(type(f).__name__ == 'RegistrationFinder' for f in sys.meta_path))
+print(json.dumps(results))"""
+
+
+def test_importing_any_module_first_registers_once_complete():
     """With the start-up hook off, the package arms the registration itself: whichever module comes first (most
     import timm half-way through), the models register once it is complete, and the finder steps aside."""
-    result = _run(f'import timm_t2t.{module}\n' + _REGISTERED, TIMM_T2T_AUTOLOAD='0')
-    assert result == {'models': EXPECTED, 'finders': 0}
+    results = _run(_EACH_MODULE_FIRST, TIMM_T2T_AUTOLOAD='0')
+    assert results == {module: {'models': EXPECTED, 'finders': 0} for module in _MODULES}
 
 
 def test_finder_is_armed_at_start_and_gone_after_registration():
