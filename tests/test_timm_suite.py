@@ -5,8 +5,8 @@ token-output ViT family, like vit_* and pit_*) and this package's registry modul
 FEAT_INTER_FILTERS. Nothing else changes. It runs in a fresh interpreter where the installed import hook registers
 the models, with the markers timm's CI uses plus forward and backward; the tests that download pretrained weights
 are deselected. By default it runs one model of each architecture (each kind of T2T layer, stem, block and head; the
-deeper and wider T2T-ViT-10/12/19/24 and T2T-ViT_t-19/24 are the same code with other numbers, and took 40% of the
-suite's time). Set TIMM_T2T_SUITE=all to run every model and the file's unmarked tests too (slow: the prune contract
+deeper and wider T2T-ViT-10/12/19/24 and T2T-ViT_t-19/24 are the same code with other numbers, and took about 40%
+of the suite's time). Set TIMM_T2T_SUITE=all to run every model and the file's unmarked tests too (slow: the prune contract
 sweeps every feature index of every model).
 
 timm's source distribution of the installed version comes from TIMM_SDIST (a .tar.gz or an unpacked directory) or
@@ -94,7 +94,7 @@ def test_timm_model_suite(tmp_path):
 
     run_all = os.environ.get('TIMM_T2T_SUITE') == 'all'
     models = ARCHITECTURES + SAME_CODE_SCALED if run_all else ARCHITECTURES
-    # a model name selects its tags' tests too (t2t_vit_14.in1k_384); and no name here is part of the name of a model left out
+    # a model name selects its tags' tests too (t2t_vit_14.in1k_384), and no name here is part of a name left out
     selection = ['-k', f'({" or ".join(models)}) and not ({" or ".join(DOWNLOADING_TESTS)})']
     if not run_all:
         selection += ['-m', MARKERS]
