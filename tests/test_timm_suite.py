@@ -6,8 +6,8 @@ FEAT_INTER_FILTERS. Nothing else changes. It runs in a fresh interpreter where t
 the models, with the markers timm's CI uses plus forward and backward; the tests that download pretrained weights
 are deselected. By default it runs one model of each architecture (each kind of T2T layer, stem, block and head; the
 deeper and wider T2T-ViT-10/12/19/24 and T2T-ViT_t-19/24 are the same code with other numbers, and took about 40%
-of the suite's time). Set TIMM_T2T_SUITE=all to run every model and the file's unmarked tests too (slow: the prune contract
-sweeps every feature index of every model).
+of the suite's time). Set TIMM_T2T_SUITE=all to run every model and the file's unmarked tests too (slow: the prune
+contract sweeps every feature index of every model).
 
 timm's source distribution of the installed version comes from TIMM_SDIST (a .tar.gz or an unpacked directory) or
 is fetched once from the package index with pip and cached under ~/.cache/timm-t2t.
