@@ -5,6 +5,8 @@ import torch
 from timm_t2t import attention
 from timm_t2t.attention import cpu_kernel_choices, dot_product_attention
 
+from fresh_python import run_python
+
 
 @pytest.fixture(autouse=True)
 def fresh_choices(monkeypatch):
@@ -83,7 +85,6 @@ def test_compiled_graph_takes_the_fused_kernel_without_timing(monkeypatch):
 
 @pytest.mark.parametrize('value, fused, forced', [('0', False, False), ('1', True, True), (None, True, False)])
 def test_timm_switch_decides_when_set(value, fused, forced):
-    from fresh_python import run_python
     code = ('import json, timm\nm = timm.create_model("t2t_vit_7", img_size=64)\n'
             'a = m.blocks[0].attn\nprint(json.dumps([a.fused_attn, a.fused_attn_forced]))')
     assert run_python(code, {} if value is None else {'TIMM_FUSED_ATTN': value}) == [fused, forced]
