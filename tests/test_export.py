@@ -67,7 +67,7 @@ def test_onnx_export_matches_eager(small_model, tmp_path):
 def test_soft_split_operator_is_the_soft_split_with_its_gradient(token_map):
     """Compiled graphs take the soft split as one operator: same tokens as F.unfold, the same gradient, and the
     registrations torch.library checks (fake shapes, autograd, schema)."""
-    from timm_t2t.t2t_vit import _soft_split_op, soft_split
+    from timm_t2t.tokens_to_token import _soft_split_op, soft_split
     assert _soft_split_op is not None  # torch >= 2.4
     torch.manual_seed(0)
     x = torch.randn(2, 5, 13, 11, dtype=torch.float64)

@@ -13,12 +13,12 @@ from _timm_t2t_autoload import register_with_timm
 from .version import __version__
 
 _EXPORTS = {
-    'CheckpointMismatchError': 't2t_vit',
-    'ConvTokenizer': 't2t_vit',
+    'CheckpointMismatchError': 'checkpoint',
+    'ConvTokenizer': 'tokens_to_token',
     'T2TViT': 't2t_vit',
-    'TokensToToken': 't2t_vit',
+    'TokensToToken': 'tokens_to_token',
     'checkpoint_filter_fn': 't2t_vit',
-    'remap_reference_keys': 't2t_vit',
+    'remap_reference_keys': 'checkpoint',
     'T2TPatchEmbed': 'patch_embed',
 }
 

@@ -24,15 +24,8 @@ from ._compat import create_model_from_folder, save_for_hf
 from .catalog import PAPER_MODEL_STATS, PAPER_TOP1
 from .digests import file_digest
 from .hub import InvalidCheckpointError, read_checkpoint
-from .t2t_vit import (
-    RELEASE_DIGESTS,
-    T2TViT,
-    check_t2t_checkpoint,
-    checkpoint_filter_fn,
-    describe_mismatch,
-    model_args_from_state_dict,
-    normalize_state_dict,
-)
+from .checkpoint import check_t2t_checkpoint, describe_mismatch, normalize_state_dict
+from .t2t_vit import RELEASE_DIGESTS, T2TViT, checkpoint_filter_fn, model_args_from_state_dict
 
 __all__ = ['ConversionError', 'WeightSource', 'convert_checkpoint', 'model_card', 'push_folder']
 

@@ -19,15 +19,8 @@ from torch.jit import Final
 
 from ._compat import make_layer
 from .hub import read_checkpoint
-from .t2t_vit import (
-    DEFAULT_SOFT_SPLITS,
-    TokensToToken,
-    _adapt_in_chans,
-    _img_size_2tuple,
-    check_image_batch,
-    describe_mismatch,
-    normalize_state_dict,
-)
+from .checkpoint import describe_mismatch, normalize_state_dict
+from .tokens_to_token import DEFAULT_SOFT_SPLITS, TokensToToken, adapt_in_chans, check_image_batch, img_size_2tuple
 
 __all__ = ['T2TPatchEmbed']
 
@@ -124,7 +117,7 @@ class T2TPatchEmbed(nn.Module):
         if img_size is None:
             self.img_size, self.grid_size, self.num_patches = None, None, None
             return
-        self.img_size = _img_size_2tuple(img_size)
+        self.img_size = img_size_2tuple(img_size)
         self.grid_size = self.dynamic_feat_size(self.img_size)
         if self.grid_size[0] < 1 or self.grid_size[1] < 1:
             raise ValueError(f'img_size {self.img_size} is too small for the soft splits of the T2T module.')
@@ -183,7 +176,7 @@ class T2TPatchEmbed(nn.Module):
             checkpoint = read_checkpoint(source, use_ema=use_ema)
         elif not use_ema:
             checkpoint = {k: v for k, v in checkpoint.items() if k not in ('state_dict_ema', 'model_ema')}
-        state_dict = _adapt_in_chans(normalize_state_dict(dict(checkpoint)), self)
+        state_dict = adapt_in_chans(normalize_state_dict(dict(checkpoint)), self)
         weights = {k: v for k, v in state_dict.items() if k.startswith(_PREFIX)}
         name = source or 'the checkpoint'
         if not weights:

@@ -30,8 +30,8 @@ from .catalog import check_model_name
 from .hub import InvalidCheckpointError, read_checkpoint
 from .images import find_images, read_image
 from .recipes import prepare
-from .t2t_vit import (
-    CheckpointMismatchError, check_t2t_checkpoint, model_args_from_state_dict, normalize_state_dict)
+from .checkpoint import CheckpointMismatchError, check_t2t_checkpoint, normalize_state_dict
+from .t2t_vit import model_args_from_state_dict
 
 __all__ = [
     'PRECISIONS', 'DataConfigError', 'Prediction', 'classify', 'find_images', 'infer_variant', 'load_classifier',

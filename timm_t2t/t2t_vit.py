@@ -3,35 +3,24 @@
 A PyTorch implementation of `Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet`
     - https://arxiv.org/abs/2101.11986 (ICCV 2021)
 
-The Tokens-to-Token (T2T) module tokenizes an image progressively: a soft split (an overlapping unfold) turns
-the image into tokens, a T2T layer (a Performer or a Transformer layer) models them, and the tokens are
-re-structurized into an image and softly split again. A ViT backbone then runs on the stride-16 tokens.
+A Tokens-to-Token module (`tokens_to_token.py`) tokenizes the image progressively into stride-16 tokens; a ViT
+backbone runs on them. This file holds the backbone, its checkpoint filter, the pretrained configs and the entry
+points.
 
 Checkpoints released with the reference implementation (https://github.com/yitu-opensource/T2T-ViT) load as
 they are and give its logits; `checkpoint_filter_fn` maps their keys.
 """
 import logging
 import math
-import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (
-    LayerType,
-    Mlp,
-    get_act_layer,
-    get_norm_layer,
-    resample_abs_pos_embed,
-    to_2tuple,
-    trunc_normal_,
-)
+from timm.layers import LayerType, Mlp, get_act_layer, get_norm_layer, resample_abs_pos_embed, trunc_normal_
 from timm.models import (
-    adapt_input_conv,
     build_model_with_cfg,
     clean_state_dict,
     generate_default_cfgs,
@@ -47,415 +36,38 @@ from ._compat import (
     calculate_drop_path_rates,
     checkpoint,
     checkpoint_seq,
-    custom_op,
     get_device_dtype,
     has_model_traits,
-    is_compiling,
-    is_exporting,
     make_layer,
     register_load_state_dict_pre_hook,
-    register_notrace_function,
     update_model_input_size,
 )
-from .attention import attention_kernel_flags, dot_product_attention, performer_attention
 from .blocks import Attention, DenseBlock, GhostAttention, GhostMlp, SqueezeExciteAttention, Transition
+from .checkpoint import (
+    CheckpointMismatchError,
+    check_t2t_checkpoint,
+    describe_mismatch,
+    normalize_state_dict,
+    remap_reference_keys,
+)
 from .digests import FileDigest
 from .hub import fetch_pretrained_file, hub_repo_id
+from .tokens_to_token import (
+    DEFAULT_SOFT_SPLITS,
+    ConvTokenizer,
+    PerformerAttention,
+    TokensToToken,
+    adapt_in_chans,
+    check_image_batch,
+    img_size_2tuple,
+)
 
-__all__ = ['T2TViT', 'TokensToToken', 'ConvTokenizer', 'CheckpointMismatchError']
+__all__ = ['T2TViT', 'checkpoint_filter_fn', 'model_args_from_state_dict']
 
 _logger = logging.getLogger(__name__)
 
 T2T_LAYERS = ('performer', 'transformer', 'convolution')
 GLOBAL_POOLS = ('', 'token', 'avg', 'max', 'avgmax')
-DEFAULT_SOFT_SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))  # (kernel, stride, padding) of the three soft splits
-
-# the kernels are called from this module's layers: leaves for torch.fx's own tracer too (timm's knows them)
-torch.fx.wrap('performer_attention')
-torch.fx.wrap('dot_product_attention')
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# T2T layers
-# ---------------------------------------------------------------------------------------------------------------
-
-class PerformerAttention(nn.Module):
-    """Single-head Performer attention of a T2T layer, with the residual through v.
-
-    A T2T layer changes the token width (dim -> dim_out), so the residual adds v, not the input. The reference
-    stores the projection in k, q, v order (`kqv`); `checkpoint_filter_fn` reorders it to q, k, v on load.
-    """
-
-    def __init__(
-            self,
-            dim: int,
-            dim_out: int,
-            kernel_ratio: float = 0.5,
-            qkv_bias: bool = True,
-            proj_drop: float = 0.1,
-            eps: float = 1e-8,
-            device=None,
-            dtype=None,
-    ) -> None:
-        """
-        Args:
-            dim: Input token width.
-            dim_out: Output token width.
-            kernel_ratio: Number of random features m as a fraction of dim_out.
-            qkv_bias: Bias in the q, k, v projection.
-            proj_drop: Dropout after the output projection.
-            eps: Added to the attention normalizer.
-        """
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        self.eps = eps
-        self.qkv = nn.Linear(dim, dim_out * 3, bias=qkv_bias, **dd)
-        self.proj = nn.Linear(dim_out, dim_out, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
-        # drawn once, never trained, saved with the weights: a model must load it, not draw its own
-        self.register_buffer('random_features', torch.empty(int(dim_out * kernel_ratio), dim_out, **dd))
-        self.reset_random_features()
-
-    def reset_random_features(self) -> None:
-        """Draw the random feature matrix: orthogonal rows scaled by sqrt(m)."""
-        num_features = self.random_features.shape[0]
-        with torch.no_grad():
-            nn.init.orthogonal_(self.random_features).mul_(math.sqrt(num_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        x = performer_attention(q, k, v, self.random_features, self.eps)
-        return v + self.proj_drop(self.proj(x))
-
-
-class TokenAttention(nn.Module):
-    """Single-head softmax attention of a T2T layer, with the residual through v.
-
-    As in the reference, the scale comes from the input width (dim ** -0.5), not from the head width.
-    """
-    fused_attn: Final[bool]
-    fused_attn_forced: Final[bool]
-
-    def __init__(
-            self,
-            dim: int,
-            dim_out: int,
-            qkv_bias: bool = False,
-            attn_drop: float = 0.,
-            proj_drop: float = 0.,
-            device=None,
-            dtype=None,
-    ) -> None:
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        self.scale = dim ** -0.5
-        self.fused_attn, self.fused_attn_forced = attention_kernel_flags()
-        self.qkv = nn.Linear(dim, dim_out * 3, bias=qkv_bias, **dd)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim_out, dim_out, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)  # (B, 1, L, D): one head
-        x = dot_product_attention(
-            q, k, v, self.scale,
-            dropout_p=self.attn_drop.p if self.training else 0.,
-            fused=self.fused_attn,
-            forced=self.fused_attn_forced,
-        )
-        return v.squeeze(1) + self.proj_drop(self.proj(x.squeeze(1)))
-
-
-class TokenLayer(nn.Module):
-    """A T2T layer: x = attn(norm1(x)) with the residual through v, then x = x + mlp(norm2(x)).
-
-    'performer' layers follow the reference's Performer: q, k, v bias and a fixed 0.1 dropout after the attention
-    projection and after the MLP. 'transformer' layers have neither. The MLP keeps the width (ratio 1).
-    """
-
-    def __init__(
-            self,
-            dim: int,
-            dim_out: int,
-            kind: str = 'performer',
-            act_layer: LayerType = nn.GELU,
-            norm_layer: LayerType = nn.LayerNorm,
-            device=None,
-            dtype=None,
-    ) -> None:
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        self.norm1 = make_layer(norm_layer, dim, **dd)
-        if kind == 'performer':
-            self.attn = PerformerAttention(dim, dim_out, qkv_bias=True, proj_drop=0.1, **dd)
-            mlp_drop = 0.1
-        elif kind == 'transformer':
-            self.attn = TokenAttention(dim, dim_out, qkv_bias=False, **dd)
-            mlp_drop = 0.
-        else:
-            raise ValueError(f'Unknown T2T layer {kind!r}, expected performer or transformer.')
-        self.norm2 = make_layer(norm_layer, dim_out, **dd)
-        self.mlp = make_layer(Mlp, dim_out, hidden_features=dim_out, act_layer=act_layer, drop=(0., mlp_drop), **dd)
-        self.grad_checkpointing = False
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(self._forward, x)  # recomputed in backward; dropout masks replayed
-        return self._forward(x)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tokens-to-Token module
-# ---------------------------------------------------------------------------------------------------------------
-
-def _split_size(size: int, kernel_size: int, stride: int, padding: int) -> int:
-    """Length of one side after a soft split (or a convolution) with the given geometry."""
-    return (size + 2 * padding - kernel_size) // stride + 1
-
-
-def _check_soft_splits(soft_splits: Sequence[Sequence[int]], exactly_three: bool) -> None:
-    if (exactly_three and len(soft_splits) != 3) or not soft_splits or any(len(s) != 3 for s in soft_splits):
-        count = 'three' if exactly_three else 'one or more'
-        raise ValueError(f'soft_splits must hold {count} (kernel, stride, padding) triples, got {soft_splits}.')
-
-
-def soft_split(x: torch.Tensor, kernel_size: int, stride: int, padding: int, token_map: bool = False) -> torch.Tensor:
-    """Overlapping patches of an image (B, C, H, W) as tokens (B, L, C * k * k), flattened channel-major as
-    `F.unfold` orders them.
-
-    They are gathered straight into token-major layout, in the order the input's memory favours: an image is read
-    channel by channel; a re-structurized token map (`token_map=True`: channels last in memory) is read pixel by
-    pixel, whole channel vectors at a time, and each patch transposed to channel-major after (several times faster
-    than reading it strided). Either order gives the same tokens for any input.
-    """
-    B, C = x.shape[0], x.shape[1]
-    k = kernel_size
-    if padding:
-        x = F.pad(x, [padding] * 4)
-    patches = x.unfold(2, k, stride).unfold(3, k, stride)  # (B, C, rows, cols, k, k)
-    if token_map:
-        pixel_major = patches.permute(0, 2, 3, 4, 5, 1).reshape(B, -1, k * k, C)
-        return pixel_major.transpose(-2, -1).reshape(B, -1, C * k * k)
-    return patches.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C * k * k)
-
-
-@custom_op('timm_t2t::soft_split')
-def _soft_split_op(x: torch.Tensor, kernel_size: int, stride: int, padding: int, token_map: bool) -> torch.Tensor:
-    """`soft_split` as one opaque operator for torch.compile: inductor's code for these gathers runs 3-9x slower on
-    the CPU than the eager kernels (T2T-ViT-14, bf16, batch 8: 27 against 4.5 ms for the three soft splits)."""
-    tokens = soft_split(x, kernel_size, stride, padding, token_map)
-    # an operator's output must not share the input's memory (a soft split is a copy but for trivial geometries)
-    return tokens.clone() if tokens.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() else tokens
-
-
-if _soft_split_op is not None:
-    @_soft_split_op.register_fake
-    def _soft_split_shape(x, kernel_size, stride, padding, token_map):
-        rows = _split_size(x.shape[2], kernel_size, stride, padding)
-        cols = _split_size(x.shape[3], kernel_size, stride, padding)
-        return x.new_empty(x.shape[0], rows * cols, x.shape[1] * kernel_size * kernel_size)
-
-    def _soft_split_context(ctx, inputs, output) -> None:
-        x, ctx.kernel_size, ctx.stride, ctx.padding, _ = inputs
-        ctx.image_size = (x.shape[2], x.shape[3])
-
-    def _soft_split_backward(ctx, grad: torch.Tensor):
-        # the adjoint of a soft split: each token's gradient added back onto the pixels it was gathered from
-        grad_image = F.fold(
-            grad.transpose(1, 2), ctx.image_size, ctx.kernel_size, padding=ctx.padding, stride=ctx.stride)
-        return grad_image, None, None, None, None
-
-    _soft_split_op.register_autograd(_soft_split_backward, setup_context=_soft_split_context)
-
-
-class SoftSplit(nn.Module):
-    """Soft split: an overlapping unfold of an image (B, C, H, W) into tokens (B, L, C * k * k); see `soft_split`.
-
-    Under torch.compile it runs as one operator (`timm_t2t::soft_split`), in eager code; exported and scripted graphs
-    keep the plain ops.
-    """
-    token_map: Final[bool]
-
-    def __init__(self, kernel_size: int, stride: int, padding: int, token_map: bool = False) -> None:
-        super().__init__()
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.padding = padding
-        self.token_map = token_map
-
-    def feat_size(self, height: int, width: int) -> Tuple[int, int]:
-        """Token grid (rows, columns) of an image of the given size."""
-        return (
-            _split_size(height, self.kernel_size, self.stride, self.padding),
-            _split_size(width, self.kernel_size, self.stride, self.padding),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return soft_split(x, self.kernel_size, self.stride, self.padding, self.token_map)
-        return self._forward_python(x)
-
-    @torch.jit.unused
-    def _forward_python(self, x: torch.Tensor) -> torch.Tensor:
-        if _soft_split_op is not None and is_compiling() and not is_exporting():
-            return _soft_split_op(x, self.kernel_size, self.stride, self.padding, self.token_map)
-        return soft_split(x, self.kernel_size, self.stride, self.padding, self.token_map)
-
-    def extra_repr(self) -> str:
-        return f'kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, token_map={self.token_map}'
-
-
-def restructurize(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
-    """Re-structurization: tokens (B, H * W, C) back into an image (B, C, H, W)."""
-    B, _, C = tokens.shape
-    return tokens.transpose(1, 2).reshape(B, C, grid[0], grid[1])
-
-
-def _cumulative_strides(soft_splits: Sequence[Sequence[int]]) -> Tuple[int, ...]:
-    return tuple(math.prod(s[1] for s in soft_splits[:i + 1]) for i in range(len(soft_splits)))
-
-
-class TokensToToken(nn.Module):
-    """Tokens-to-Token module.
-
-    soft split -> T2T layer -> re-structurize -> soft split -> T2T layer -> re-structurize -> soft split -> project
-
-    `map_info` describes the re-structurized outputs of the T2T layers (the module's feature maps), `reductions`
-    the stride of each soft split's tokens.
-    """
-
-    def __init__(
-            self,
-            in_chans: int = 3,
-            embed_dim: int = 768,
-            token_dim: int = 64,
-            t2t_layer: str = 'performer',
-            soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
-            proj_bias: bool = True,
-            act_layer: LayerType = nn.GELU,
-            norm_layer: LayerType = nn.LayerNorm,
-            device=None,
-            dtype=None,
-    ) -> None:
-        """
-        Args:
-            in_chans: Number of image channels.
-            embed_dim: Width of the output tokens.
-            token_dim: Width of the tokens inside the module.
-            t2t_layer: Kind of T2T layer, 'performer' or 'transformer'.
-            soft_splits: (kernel, stride, padding) of each of the three soft splits.
-            proj_bias: Bias in the final projection to `embed_dim`.
-            act_layer: Activation of the T2T layers' MLPs.
-            norm_layer: Normalization layer of the T2T layers.
-        """
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        _check_soft_splits(soft_splits, exactly_three=True)
-        layer_args = dict(kind=t2t_layer, act_layer=act_layer, norm_layer=norm_layer, **dd)
-        kernels = [s[0] for s in soft_splits]
-        self.soft_split0 = SoftSplit(*soft_splits[0])
-        self.attention1 = TokenLayer(in_chans * kernels[0] ** 2, token_dim, **layer_args)
-        self.soft_split1 = SoftSplit(*soft_splits[1], token_map=True)
-        self.attention2 = TokenLayer(token_dim * kernels[1] ** 2, token_dim, **layer_args)
-        self.soft_split2 = SoftSplit(*soft_splits[2], token_map=True)
-        self.project = nn.Linear(token_dim * kernels[2] ** 2, embed_dim, bias=proj_bias, **dd)
-        self.reductions = _cumulative_strides(soft_splits)
-        self.map_info = [
-            dict(module=f'attention{i + 1}', num_chs=token_dim, reduction=self.reductions[i]) for i in range(2)]
-
-    def feat_size(self, height: int, width: int) -> Tuple[int, int]:
-        """Grid of the output tokens for an image of the given size."""
-        grid = self.soft_split0.feat_size(height, width)
-        grid = self.soft_split1.feat_size(grid[0], grid[1])
-        return self.soft_split2.feat_size(grid[0], grid[1])
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for layer in (self.attention1, self.attention2):
-            if layer is not None:
-                layer.grad_checkpointing = enable
-
-    def prune(self, num_maps: int) -> None:
-        """Keep the first `num_maps` T2T layers and drop what follows; forward then ends at the last kept one."""
-        if num_maps < 2:
-            self.soft_split1 = None
-            self.attention2 = None
-        self.soft_split2 = None
-        self.project = None
-        self.map_info = self.map_info[:num_maps]
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Output tokens (B, N, embed_dim) and the re-structurized outputs of the T2T layers (B, token_dim, H, W)."""
-        maps: List[torch.Tensor] = []
-        grid = self.soft_split0.feat_size(x.shape[-2], x.shape[-1])
-        x = restructurize(self.attention1(self.soft_split0(x)), grid)
-        maps.append(x)
-        if self.soft_split1 is not None and self.attention2 is not None:
-            grid = self.soft_split1.feat_size(grid[0], grid[1])
-            x = restructurize(self.attention2(self.soft_split1(x)), grid)
-            maps.append(x)
-        if self.soft_split2 is not None and self.project is not None:
-            return self.project(self.soft_split2(x)), maps
-        return x.flatten(2).transpose(1, 2), maps
-
-
-class ConvTokenizer(nn.Module):
-    """The T2T module replaced by convolutions, one per soft split (the paper's T2T-ViTc ablation).
-
-    As the reference's 'convolution' tokens type: plain convolutions with no activation between them, `token_dim`
-    channels inside and `embed_dim` out. With a single 16x16, stride-16 convolution it is ViT's hard patch split.
-    The outputs of all but the last convolution are the module's feature maps.
-    """
-
-    def __init__(
-            self,
-            in_chans: int = 3,
-            embed_dim: int = 768,
-            token_dim: int = 64,
-            soft_splits: Sequence[Sequence[int]] = DEFAULT_SOFT_SPLITS,
-            device=None,
-            dtype=None,
-    ) -> None:
-        super().__init__()
-        _check_soft_splits(soft_splits, exactly_three=False)
-        widths = [in_chans] + [token_dim] * (len(soft_splits) - 1) + [embed_dim]
-        self.convs = nn.ModuleList([
-            nn.Conv2d(widths[i], widths[i + 1], kernel_size=k, stride=s, padding=p, device=device, dtype=dtype)
-            for i, (k, s, p) in enumerate(soft_splits)])
-        self.soft_splits = tuple(tuple(s) for s in soft_splits)
-        self.reductions = _cumulative_strides(soft_splits)
-        self.num_maps = len(soft_splits) - 1
-        self.map_info = [
-            dict(module=f'convs.{i}', num_chs=token_dim, reduction=self.reductions[i]) for i in range(self.num_maps)]
-
-    def feat_size(self, height: int, width: int) -> Tuple[int, int]:
-        """Grid of the output tokens for an image of the given size."""
-        for kernel_size, stride, padding in self.soft_splits:
-            height = _split_size(height, kernel_size, stride, padding)
-            width = _split_size(width, kernel_size, stride, padding)
-        return height, width
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Convolutions are cheap to keep: nothing to checkpoint."""
-
-    def prune(self, num_maps: int) -> None:
-        """Keep the convolutions up to the `num_maps`-th feature map; forward then ends there."""
-        self.convs = self.convs[:num_maps]
-        self.soft_splits = self.soft_splits[:num_maps]
-        self.num_maps = num_maps
-        self.map_info = self.map_info[:num_maps]
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Output tokens (B, N, C) and the outputs of the inner convolutions (B, token_dim, H, W)."""
-        maps: List[torch.Tensor] = []
-        for i, conv in enumerate(self.convs):
-            x = conv(x)
-            if i < self.num_maps:
-                maps.append(x)
-        return x.flatten(2).transpose(1, 2), maps
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -472,43 +84,6 @@ def sinusoid_pos_embed(num_positions: int, dim: int, device=None, dtype=None) ->
     angle = position / torch.pow(10000., 2 * (channel // 2).double() / dim)
     table = torch.where(channel % 2 == 0, angle.sin(), angle.cos())
     return table.unsqueeze(0).to(device=device, dtype=dtype or torch.float32)
-
-
-def _shape_str(shape: List[int]) -> str:
-    return '(' + ', '.join([str(size) for size in shape]) + ')'
-
-
-@torch.fx.wrap
-@register_notrace_function
-def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int], fixed_size: bool) -> None:
-    """Raise a one-line ValueError naming what was expected and what came, unless `x` is a floating-point batch of
-    images (B, in_chans, H, W) and, if `fixed_size`, of the size `img_size`."""
-    shape = _shape_str(x.shape)
-    if x.dim() != 4:
-        hint = ': add the batch dimension with x.unsqueeze(0)' if x.dim() == 3 else ''
-        raise ValueError(f'Expected a batch of images (B, {in_chans}, H, W), got a tensor of shape {shape}{hint}.')
-    if x.shape[1] != in_chans:
-        if x.shape[-1] == in_chans:
-            hint = ': the channels look last, permute them with x.permute(0, 3, 1, 2)'
-        else:
-            hint = f', or create the model with in_chans={x.shape[1]}'
-        raise ValueError(f'Expected images with {in_chans} channels (B, {in_chans}, H, W), got shape {shape}{hint}.')
-    if not x.is_floating_point():
-        raise ValueError(
-            f'Expected a floating-point image tensor, got {str(x.dtype).replace("torch.", "")}: convert it with '
-            f'x.float() / 255, then normalize it as the model\'s data config says.')
-    height, width = x.shape[-2], x.shape[-1]
-    if fixed_size and (height != img_size[0] or width != img_size[1]):
-        raise ValueError(
-            f'Input size ({height}x{width}) does not match the model img_size ({img_size[0]}x{img_size[1]}). '
-            f'Create the model with img_size=({height}, {width}), or with dynamic_img_size=True.')
-
-
-def _img_size_2tuple(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    size = to_2tuple(img_size)
-    if len(size) != 2:
-        raise ValueError(f'img_size must be an int or (height, width), got {img_size}.')
-    return int(size[0]), int(size[1])
 
 
 def _stage_depths(depth: Union[int, Sequence[int]], growth_rate: int, block_fn: Callable[..., nn.Module]) -> List[int]:
@@ -660,7 +235,7 @@ class T2TViT(nn.Module):
                 **dd,
             )
         self.num_stem_features = len(self.tokens_to_token.map_info)
-        self.img_size = _img_size_2tuple(img_size)
+        self.img_size = img_size_2tuple(img_size)
         self.grid_size = self._grid_size(self.img_size)
         self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd))
         self.register_buffer('pos_embed', torch.empty(1, self.grid_size[0] * self.grid_size[1] + 1, embed_dim, **dd))
@@ -768,7 +343,7 @@ class T2TViT(nn.Module):
 
     def set_input_size(self, img_size: Union[int, Tuple[int, int]]) -> None:
         """Build the model for another input size: the positional table is resampled to the new token grid."""
-        img_size = _img_size_2tuple(img_size)
+        img_size = img_size_2tuple(img_size)
         grid_size = self._grid_size(img_size)
         if grid_size != self.grid_size:
             self.pos_embed = resample_abs_pos_embed(
@@ -924,45 +499,6 @@ class T2TViT(nn.Module):
 # Checkpoints
 # ---------------------------------------------------------------------------------------------------------------
 
-_REFERENCE_T2T_KEY = re.compile(r'^(tokens_to_token\.attention[12])\.(w|kqv|proj|mlp\.0|mlp\.2)(\.weight|\.bias)?$')
-_REFERENCE_T2T_NAMES = {
-    'w': 'attn.random_features',
-    'kqv': 'attn.qkv',
-    'proj': 'attn.proj',
-    'mlp.0': 'mlp.fc1',
-    'mlp.2': 'mlp.fc2',
-}
-# T2T-ViT-SE: the squeeze-excitation's bottleneck is an nn.Sequential in the reference
-_REFERENCE_SE_KEY = re.compile(r'^(blocks\.\d+\.attn)\.se_layer\.fc\.([02])\.weight$')
-
-
-def _kqv_to_qkv(tensor: torch.Tensor) -> torch.Tensor:
-    k, q, v = tensor.chunk(3, dim=0)
-    return torch.cat([q, k, v], dim=0)
-
-
-def remap_reference_keys(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename the reference's keys to this model's where they differ: its Performer T2T layers (with k, q, v
-    reordered to q, k, v) and the squeeze-excitation of T2T-ViT-SE.
-
-    The reference's other keys (Transformer T2T layers, backbones, ghost and dense blocks) are this model's. A
-    state dict in this model's own format passes through unchanged.
-    """
-    out = {}
-    for key, value in state_dict.items():
-        match = _REFERENCE_T2T_KEY.match(key)
-        if match:
-            layer, name, suffix = match.groups()
-            key = f'{layer}.{_REFERENCE_T2T_NAMES[name]}{suffix or ""}'
-            if name == 'kqv':
-                value = _kqv_to_qkv(value)
-        match = _REFERENCE_SE_KEY.match(key)
-        if match:
-            key = f'{match.group(1)}.se.fc{1 if match.group(2) == "0" else 2}.weight'
-        out[key] = value
-    return out
-
-
 def _source_grid(num_tokens: int, model: T2TViT) -> Tuple[int, int]:
     """Token grid of a checkpoint's positional table: that of its pretrained cfg if it fits, else square."""
     cfg_size = getattr(model, 'pretrained_cfg', {}).get('input_size')
@@ -996,61 +532,11 @@ def _resample_pos_embed(state_dict: Dict[str, torch.Tensor], model: T2TViT) -> D
     return state_dict
 
 
-def _adapt_in_chans(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Adapt the first T2T layer to the channel count of `model` (a T2TViT or a T2TPatchEmbed).
-
-    Its q, k, v projection reads unfolded patches (channel-major C x k x k), so it is viewed as a k x k conv and
-    adapted the way timm adapts first convs. The LayerNorm before it gets the channel mean (one channel) or its
-    channels tiled (more channels).
-    """
-    if not isinstance(model.tokens_to_token, TokensToToken):
-        return state_dict  # a convolutional stem: timm adapts its first conv itself
-    prefix = 'tokens_to_token.attention1.'
-    weight = state_dict.get(prefix + 'attn.qkv.weight')
-    kernel = model.tokens_to_token.soft_split0.kernel_size
-    patch = kernel * kernel
-    if weight is None or weight.shape[1] == model.in_chans * patch or weight.shape[1] % patch:
-        return state_dict
-    source_chans = weight.shape[1] // patch
-    weight = weight.reshape(weight.shape[0], source_chans, kernel, kernel)
-    state_dict[prefix + 'attn.qkv.weight'] = adapt_input_conv(model.in_chans, weight).flatten(1)
-    for name in ('norm1.weight', 'norm1.bias'):
-        param = state_dict.get(prefix + name)
-        if param is not None and param.numel() == source_chans * patch:
-            param = param.reshape(source_chans, patch)
-            if model.in_chans == 1:
-                param = param.mean(dim=0, keepdim=True)
-            else:
-                param = param.repeat(math.ceil(model.in_chans / source_chans), 1)[:model.in_chans]
-            state_dict[prefix + name] = param.flatten()
-    _logger.info(f'Adapted the first T2T layer from {source_chans} to {model.in_chans} input channels.')
-    return state_dict
-
-
-def _unwrap_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The state dict in a checkpoint: EMA weights first (as timm prefers), then the plain ones.
-
-    Reference training checkpoints hold `state_dict` and `state_dict_ema`, its CIFAR fine-tunes `net`.
-    """
-    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'net'):
-        if isinstance(checkpoint.get(key), dict):
-            return checkpoint[key]
-    return checkpoint
-
-
-def normalize_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The state dict of a reference or timm checkpoint in this model's key format.
-
-    Unwraps training checkpoints, strips DDP / torch.compile prefixes and renames reference keys.
-    """
-    return remap_reference_keys(clean_state_dict(_unwrap_checkpoint(checkpoint)))
-
-
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: T2TViT) -> Dict[str, torch.Tensor]:
     """Convert a reference or timm checkpoint for `model`: normalize it, resample the positional table to the
     model's grid and adapt the first layer to the model's channel count."""
     state_dict = _resample_pos_embed(normalize_state_dict(state_dict), model)
-    return _adapt_in_chans(state_dict, model)
+    return adapt_in_chans(state_dict, model)
 
 
 def model_args_from_state_dict(
@@ -1078,49 +564,6 @@ def model_args_from_state_dict(
         if side * side == num_tokens:
             args['img_size'] = side * math.prod(s[1] for s in soft_splits)
     return args
-
-
-def check_t2t_checkpoint(checkpoint: Dict[str, Any]) -> None:
-    """Raise a ValueError unless a loaded checkpoint holds T2T-ViT weights (in reference or timm format)."""
-    state_dict = normalize_state_dict(checkpoint)
-    if 'pos_embed' not in state_dict or not any(k.startswith('tokens_to_token.') for k in state_dict):
-        raise ValueError(f'it holds no T2T-ViT weights (keys: {", ".join(sorted(state_dict)[:4])}, ...)')
-
-
-def _t2t_layer_kind(state_dict: Mapping[str, Any]) -> Optional[str]:
-    if 'tokens_to_token.attention1.attn.random_features' in state_dict:
-        return 'performer'
-    if 'tokens_to_token.attention1.attn.qkv.weight' in state_dict:
-        return 'transformer'
-    return None
-
-
-class CheckpointMismatchError(RuntimeError):
-    """Weights that do not fit a model; `mismatch` names the keys (see `describe_mismatch`)."""
-
-    def __init__(self, context: str, mismatch: str) -> None:
-        super().__init__(f'{context}: {mismatch}.')
-        self.mismatch = mismatch
-
-
-def describe_mismatch(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor]) -> str:
-    """One line naming the keys by which a state dict (in this model's format) does not fit a model's own state
-    dict `own`; '' if it fits."""
-    problems = []
-    source_kind, model_kind = _t2t_layer_kind(state_dict), _t2t_layer_kind(own)
-    if source_kind and model_kind and source_kind != model_kind:
-        problems.append(f'the checkpoint has {source_kind} T2T layers, the model has {model_kind} T2T layers')
-    groups = (
-        ('missing', [k for k in own if k not in state_dict]),
-        ('unexpected', [k for k in state_dict if k not in own]),
-        ('of another shape (checkpoint vs model)', [
-            f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}'
-            for k, v in state_dict.items() if k in own and v.shape != own[k].shape]),
-    )
-    problems += [
-        f'{len(keys)} keys {label}: {", ".join(keys[:3])}{f" and {len(keys) - 3} more" if len(keys) > 3 else ""}'
-        for label, keys in groups if keys]
-    return '; '.join(problems)
 
 
 def _prepare_state_dict(state_dict: Dict[str, Any], model: T2TViT, root: bool) -> Dict[str, torch.Tensor]:
