@@ -20,6 +20,7 @@ Needs matplotlib for the plot and torchao for int8-static (pip install -e ".[ben
 """
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -41,6 +42,7 @@ from benchmarks.machine import cpu_name  # noqa: E402
 from timm_t2t.attention import cpu_kernel_choices  # noqa: E402
 from timm_t2t.recipes import prepare  # noqa: E402
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config  # noqa: E402
+from benchmarks.t2t_module import module_times  # noqa: E402
 
 _logger = logging.getLogger('benchmark')
 
@@ -96,6 +98,13 @@ class Row:
     other_ms: Optional[float] = None
     t2t_ms: Optional[float] = None  # the T2T module's forward (its backward is not in the profiler's scope)
     t2t_flops_share: Optional[float] = None  # the T2T module's share of the model's FLOPs
+    # the T2T module timed on its own (benchmarks/t2t_module.py): forward, forward + backward, on the path users run
+    # and on the plain path (autograd through the soft splits' unfold views), and its linear layers alone
+    t2t_forward_ms: Optional[float] = None
+    t2t_forward_plain_ms: Optional[float] = None
+    t2t_forward_backward_ms: Optional[float] = None
+    t2t_forward_backward_plain_ms: Optional[float] = None
+    t2t_linear_floor_ms: Optional[float] = None
 
 
 def _sync(device: torch.device) -> None:
@@ -265,13 +274,27 @@ def time_shares(step: Callable[[], None], device: torch.device) -> Tuple[float, 
     return linear / total, attention / total, (t2t[0] / total if t2t else None)
 
 
+_MODULE_RECIPES = ('fp32', 'bf16', 'bf16-autocast')  # eager recipes whose T2T module is timed on its own
+
+
+def t2t_module_row_fields(model: torch.nn.Module, entry: Entry, config: Config, device: torch.device) -> Dict:
+    """The T2T module's own times for an eager entry of this package (see benchmarks/t2t_module.py)."""
+    if entry.implementation != OURS or entry.recipe not in _MODULE_RECIPES:
+        return {}
+    x = torch.randn(config.batch_size, 3, config.img_size, config.img_size, device=device)
+    if entry.recipe == 'bf16':
+        model, x = copy.deepcopy(model).to(torch.bfloat16), x.to(torch.bfloat16)
+    times = module_times(model, x, _autocast_dtype(entry.recipe) if entry.recipe != 'bf16' else None)
+    return {f't2t_{name}_ms': value for name, value in (times or {}).items()}
+
+
 def _peak_name(recipe: str) -> str:
     return 'int8' if recipe.startswith('int8') else ('fp32' if recipe == 'fp32' else 'bf16')
 
 
 def run_config(config: Config, device: torch.device, warmup: int, rounds: int, peaks: Dict[str, float],
                flops_cache: Dict) -> List[Row]:
-    steps = {}
+    steps, module_fields = {}, {}
     for entry in config.entries:
         try:
             model = _build(entry, config.img_size, device)
@@ -280,6 +303,8 @@ def run_config(config: Config, device: torch.device, warmup: int, rounds: int, p
                 flops_cache[key] = flops_per_image(model, config.img_size, device)
             if config.profile and not entry.recipe.endswith('compiled') and entry.recipe != 'int8-static':
                 _mark_t2t_module(model)  # (graphs built by torch.compile run without the scope's hooks)
+            if device.type == 'cpu':
+                module_fields[entry.key] = t2t_module_row_fields(model, entry, config, device)
             step = make_step(model, entry, config, device)
             step()  # compiles, quantizes, and finds out whether it fits
         except ImportError as e:  # int8-static needs torchao
@@ -302,7 +327,7 @@ def run_config(config: Config, device: torch.device, warmup: int, rounds: int, p
             implementation=entry.implementation, recipe=entry.recipe, img_size=config.img_size,
             batch_size=config.batch_size, img_per_s=img_per_s, step_ms=seconds[key] * 1e3,
             gflops_per_img=flops / 1e9, peak=peak, peak_fraction=flops * img_per_s / peaks[peak],
-            t2t_flops_share=t2t_flops_share)
+            t2t_flops_share=t2t_flops_share, **module_fields.get(key, {}))
         if config.profile:
             linear, attention, t2t = time_shares(step, device)
             row.linear_ms, row.attention_ms = row.step_ms * linear, row.step_ms * attention
@@ -434,11 +459,21 @@ def format_table(rows: List[Row]) -> str:
     header = f'{"config":30} {"model":32} {"implementation":31} {"recipe":14} {"img/s":>7} {"ms":>7} ' \
              f'{"of peak":>7} {"linear/attn/rest ms":>20} {"T2T fwd: ms, share (FLOPs)":>27}'
     lines = [header, '-' * len(header)]
+    module_lines = []
     for r in rows:
+        if r.t2t_forward_ms is not None:
+            module_lines.append(
+                f'{r.config:30} {r.model:14} {r.recipe:14} {r.t2t_forward_ms:9.1f} {r.t2t_forward_plain_ms:9.1f} '
+                f'{r.t2t_forward_backward_ms:9.1f} {r.t2t_forward_backward_plain_ms:9.1f} '
+                f'{r.t2t_linear_floor_ms:9.1f} {r.t2t_flops_share:11.1%}')
         split = f'{r.linear_ms:.0f}/{r.attention_ms:.0f}/{r.other_ms:.0f}' if r.linear_ms is not None else ''
         t2t = f'{r.t2t_ms:.0f}, {r.t2t_ms / r.step_ms:.0%} ({r.t2t_flops_share:.0%})' if r.t2t_ms is not None else ''
         lines.append(f'{r.config:30} {r.model:32} {r.implementation:31} {r.recipe:14} {r.img_per_s:7.1f} '
                      f'{r.step_ms:7.0f} {r.peak_fraction:7.0%} {split:>20} {t2t:>27}')
+    if module_lines:
+        module_header = (f'{"T2T module alone, ms":30} {"model":14} {"recipe":14} {"fwd":>9} {"fwd plain":>9} '
+                         f'{"fwd+bwd":>9} {"f+b plain":>9} {"linears":>9} {"FLOP share":>11}')
+        lines += ['', module_header, '-' * len(module_header)] + module_lines
     return '\n'.join(lines)
 
 
@@ -487,7 +522,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         devices.append(torch.device('cuda'))
     warmup, rounds = (1, 3) if args.quick else (2, 9)
     result = dict(torch=torch.__version__, timm=timm.__version__, platform=platform.platform(), cpu=cpu_name(),
-                  threads=torch.get_num_threads(), matmul_peak_gflops={}, rows=[], targets=[])
+                  threads=torch.get_num_threads(), matmul_peak_gflops={}, rows=[], targets=[],
+                  malloc_env={k: v for k, v in os.environ.items() if k.startswith('MALLOC_')})
     rows: List[Row] = []
     for device in devices:
         if device.type == 'cuda':

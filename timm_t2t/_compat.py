@@ -161,6 +161,13 @@ def is_exporting() -> bool:
     return bool(is_exporting_fn()) if is_exporting_fn is not None else False
 
 
+def is_fx_tracing() -> bool:
+    """Whether torch.fx is symbolically tracing the caller (timm's feature extraction and FX tests do)."""
+    fx_trace = torch.fx._symbolic_trace
+    is_tracing_fn = getattr(fx_trace, 'is_fx_symbolic_tracing', None) or getattr(fx_trace, 'is_fx_tracing', None)
+    return bool(is_tracing_fn()) if is_tracing_fn is not None else False
+
+
 def custom_op(name: str) -> Callable[[Callable], Optional[Any]]:
     """`torch.library.custom_op(name, mutates_args=())` from torch 2.4; before it, a decorator that gives None
     (callers then keep to their plain code)."""
