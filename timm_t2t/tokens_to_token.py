@@ -18,7 +18,15 @@ from timm.layers import LayerType, Mlp, to_2tuple
 from timm.models import adapt_input_conv
 from torch.jit import Final
 
-from ._compat import checkpoint, custom_op, is_exporting, is_fx_tracing, make_layer, register_notrace_function
+from ._compat import (
+    checkpoint,
+    custom_op,
+    is_compiling,
+    is_exporting,
+    is_fx_tracing,
+    make_layer,
+    register_notrace_function,
+)
 from .attention import attention_kernel_flags, dot_product_attention, performer_attention
 
 __all__ = [
@@ -235,10 +243,10 @@ def soft_split_adjoint(
 
 @custom_op('timm_t2t::soft_split')
 def _soft_split_op(x: torch.Tensor, kernel_size: int, stride: int, padding: int, token_map: bool) -> torch.Tensor:
-    """`soft_split` as one operator, its backward `soft_split_adjoint`. Eager runs take it for that backward
-    (autograd's own, through the unfold views, is 3-5x slower), compiled graphs because inductor's code for
-    these gathers runs 3-9x slower on the CPU than the eager kernels (T2T-ViT-14, bf16, batch 8: 27 against
-    4.5 ms for the three soft splits)."""
+    """`soft_split` as one operator, its backward `soft_split_adjoint`. Eager runs take it where a gradient flows
+    back, for that backward (autograd's own, through the unfold views, is 3-5x slower); compiled graphs always,
+    because inductor's code for these gathers runs 3-9x slower on the CPU than the eager kernels (T2T-ViT-14, bf16,
+    batch 8: 27 against 4.5 ms for the three soft splits)."""
     tokens = soft_split(x, kernel_size, stride, padding, token_map)
     # an operator's output must not share the input's memory (a soft split is a copy but for trivial geometries)
     return tokens.clone() if tokens.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() else tokens
@@ -266,9 +274,9 @@ if _soft_split_op is not None:
 class SoftSplit(nn.Module):
     """Soft split: an overlapping unfold of an image (B, C, H, W) into tokens (B, L, C * k * k); see `soft_split`.
 
-    Eager and compiled runs take it as one operator (`timm_t2t::soft_split`, backward `soft_split_adjoint`);
-    scripted, traced, FX-traced and exported graphs keep the plain ops (the reference path: the same tokens, and
-    gradients equal to float32 round-off).
+    Compiled graphs, and eager runs where a gradient flows back to the input, take it as one operator
+    (`timm_t2t::soft_split`, backward `soft_split_adjoint`); the rest, and scripted, traced, FX-traced and exported
+    graphs, run the plain ops (the reference path: the same tokens, and gradients equal to float32 round-off).
     """
     token_map: Final[bool]
 
@@ -294,7 +302,8 @@ class SoftSplit(nn.Module):
     @torch.jit.unused
     def _forward_python(self, x: torch.Tensor) -> torch.Tensor:
         if _soft_split_op is not None and not (is_exporting() or torch.jit.is_tracing() or is_fx_tracing()):
-            return _soft_split_op(x, self.kernel_size, self.stride, self.padding, self.token_map)
+            if is_compiling() or (x.requires_grad and torch.is_grad_enabled()):
+                return _soft_split_op(x, self.kernel_size, self.stride, self.padding, self.token_map)
         return soft_split(x, self.kernel_size, self.stride, self.padding, self.token_map)
 
     def extra_repr(self) -> str:
