@@ -66,7 +66,7 @@ DIGITS = [str(d) for d in range(10)]
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # ink on paper: centre the gray levels
 SPLIT_SEED = 0  # the train/val split, the same for every training seed
 METRICS = ('val_top1', 'val_top1_ema', 'train_seconds')  # summarized over seeds
-FEATURE_METRICS = ('invalid_fraction', 'effective_rank')  # per layer, summarized over seeds
+FEATURE_METRICS = ('invalid_fraction', 'min_spread_ratio', 'max_peak_ratio', 'effective_rank')  # per layer
 
 
 @dataclasses.dataclass
@@ -346,17 +346,19 @@ def format_table(summary: Sequence[Dict[str, Any]]) -> str:
 
 
 def format_features_table(summary: Sequence[Dict[str, Any]]) -> str:
-    """Per model and layer, the invalid channels (%) and the effective rank on the validation digits, mean ± std
-    (min-max) over the seeds."""
+    """Per model and layer, on the validation digits: the invalid channels (%) and the effective rank, mean ± std
+    (min-max) over the seeds, and the nearest any channel of any seed came to invalid (its smallest spread and
+    largest peak relative to the layer's median channel's)."""
     lines = [f'{"model":26} {"layer":>5} {"module":26} {"maps":>9} {"invalid channels (%)":>22} '
-             f'{"effective rank":>24}', '-' * 117]
+             f'{"min spread / max peak":>22} {"effective rank":>24}', '-' * 140]
     for arm in summary:
         for layer in arm.get('features', ()):
             percent = {key: 100 * value if value is not None else None
                        for key, value in layer['invalid_fraction'].items()}
             shape = f'{layer["channels"]}x{layer["height"]}x{layer["width"]}'
+            nearest = f'{layer["min_spread_ratio"]["min"]:.2f} / {layer["max_peak_ratio"]["max"]:.1f}x'
             lines.append(f'{arm["label"]:26} {layer["index"]:5} {layer["module"]:26} {shape:>9} '
-                         f'{format_spread(percent):>22} {format_spread(layer["effective_rank"]):>24}')
+                         f'{format_spread(percent):>22} {nearest:>22} {format_spread(layer["effective_rank"]):>24}')
     return '\n'.join(lines)
 
 

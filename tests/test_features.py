@@ -12,7 +12,7 @@ from timm.models._hub import save_for_hf
 from timm_t2t import T2TViT, features
 from timm_t2t.cli import main as cli_main
 from timm_t2t.features import (
-    LayerMaps, LayerStatistics, Panel, default_layers, draw_figure, effective_rank, extract_maps, invalid_channels,
+    LayerMaps, LayerStatistics, Panel, channel_ratios, default_layers, draw_figure, effective_rank, extract_maps, invalid_channels,
     load_model, map_grid, measure_features, normalize_maps, resolve_layers)
 from timm_t2t.predict import image_transform
 
@@ -134,10 +134,31 @@ def test_invalid_channels_by_construction_are_flagged_and_rich_ones_are_not():
     assert report.effective_rank == pytest.approx(effective_rank(maps), rel=1e-9)  # batches add up to the whole
 
 
+def test_the_ratios_say_how_near_a_channel_comes_to_invalid():
+    checkerboard = (torch.arange(4).view(1, 4) + torch.arange(2).view(2, 1)) % 2 * 2. - 1.  # +-1: spread 1, peak 1
+    amplitudes = torch.tensor([0., 1., 1., 1., 2., 0.5, 30.])
+    maps = (amplitudes.view(7, 1, 1) * checkerboard)[None]
+    spread_ratio, peak_ratio = channel_ratios(maps)
+    torch.testing.assert_close(spread_ratio[0], amplitudes)  # the median channel's spread is 1
+    torch.testing.assert_close(peak_ratio[0], amplitudes)  # the median non-flat peak is 1
+    flat, outlying = invalid_channels(maps)
+    assert flat[0].tolist() == [True] + [False] * 6 and outlying[0].tolist() == [False] * 6 + [True]
+    statistics = LayerStatistics()
+    statistics.update(maps)
+    statistics.update(maps[:, [1, 2, 3, 4, 5, 1, 2]] * 3)  # a second image: all within 0.5 to 2 times the median
+    report = statistics.report(0, 'stem')
+    assert (report.min_spread_ratio, report.max_peak_ratio) == (0., 30.)
+    statistics = LayerStatistics()
+    statistics.update(maps[:, 1:6])
+    assert statistics.report(0, 'stem').max_peak_ratio == 2. and statistics.min_spread_ratio == 0.5
+    statistics.update(torch.zeros(1, 5, 2, 4))
+    assert statistics.report(0, 'stem').max_peak_ratio == 2.  # an all-flat image has no peaks to compare
+
+
 def test_effective_rank_counts_independent_channels():
     torch.manual_seed(0)
     columns = torch.randn(400, 8, dtype=torch.float64)
-    columns, _ = torch.linalg.qr(columns - columns.mean(0))  # centred, orthonormal: eight equally strong independent channels
+    columns, _ = torch.linalg.qr(columns - columns.mean(0))  # centred, orthonormal: 8 equally strong independent
     rich = columns.T.reshape(8, 4, 10, 10).permute(1, 0, 2, 3)
     assert effective_rank(rich) == pytest.approx(8, rel=1e-6)
     base = torch.randn(4, 1, 10, 10)
@@ -288,8 +309,8 @@ def test_unreadable_images_and_missing_matplotlib_are_one_line_before_torch_load
     assert message == (f'timm-t2t features: error: {images / "broken.png"} is not an image Pillow can read '
                        f'(UnidentifiedImageError).') and not torch_imported
     (images / 'broken.png').unlink()
-    no_matplotlib = ('import importlib.util\nfind_spec = importlib.util.find_spec\n'
-                     'importlib.util.find_spec = lambda name, *a: None if name == "matplotlib" else find_spec(name, *a)\n')
+    no_matplotlib = ('import importlib.util\nfind_spec = importlib.util.find_spec\nimportlib.util.find_spec = '
+                     'lambda name, *a: None if name == "matplotlib" else find_spec(name, *a)\n')
     args = ['features', str(images), '--models', 'x', '--output', str(tmp_path / 'fig.png')]
     message, torch_imported = run_python(no_matplotlib + code.replace('ARGS', repr(args)))
     assert message == ('timm-t2t features: error: Drawing the figure (--output) needs matplotlib: pip install '

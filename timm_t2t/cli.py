@@ -173,11 +173,11 @@ how many channels are invalid and how rich the channels are, per model and layer
 
 Maps come from timm: forward_intermediates (a T2T-ViT's re-structurized T2T-layer maps, then its blocks' tokens on
 their grid; a ViT's blocks' tokens without class or register tokens; a CNN's stage outputs), or the feature_info
-modules' outputs (as features_only) for a model without it. --layers are indices into the model's feature list, as
-forward_intermediates' indices (`timm-t2t info MODEL` shows a T2T-ViT's). Each map is drawn scaled on its own from its
-minimum (black) to its maximum (white), as the paper's visualization code does.
+modules' outputs (as features_only) for a model without it. --layers are indices into the model's feature list
+(timm's feature_info), as forward_intermediates' indices; a T2T-ViT's list is its two T2T maps, then its blocks. Each
+map is drawn scaled on its own from its minimum (black) to its maximum (white), as the paper's visualization code does.
 
-A channel is invalid on an image when its map is flat (standard deviation at most 1%% of the median channel's of that
+A channel is invalid on an image when its map is flat (standard deviation at most 1% of the median channel's of that
 layer, on that image: an all-zero map included) or outlying (largest absolute value more than 10 times the median of
 the layer's non-flat channels' largest absolute values); invalid channels are framed in red. Richness is the effective
 rank of the layer's channels over every position of every image: exp of the entropy of the normalized singular values
@@ -419,16 +419,21 @@ def _check_features_paths(args: argparse.Namespace) -> List[Path]:
 
 
 def _format_features_table(rows: List[Dict[str, Any]]) -> str:
-    header = (f'{"model":28} {"layer":>5}  {"module":28} {"maps (CxHxW)":>13} {"invalid":>8} {"flat":>7} '
-              f'{"outlying":>8} {"effective rank":>16}')
+    """Per model and layer: invalid channels (and how near the thresholds the others come), effective rank."""
+    width = max(len('model'), *(len(row['model']) for row in rows))
+    module_width = max(len('module'), *(len(layer['module']) for row in rows for layer in row['layers']))
+    header = (f'{"model":{width}} {"layer":>5}  {"module":{module_width}} {"maps (CxHxW)":>13} {"invalid":>8} '
+              f'{"flat":>7} {"outlying":>8} {"min spread":>10} {"max peak":>9} {"effective rank":>16}')
     lines = [header, '-' * len(header)]
     for row in rows:
         for layer in row['layers']:
             shape = f'{layer["channels"]}x{layer["height"]}x{layer["width"]}'
+            rank = f'{layer["effective_rank"]:.1f} of {layer["channels"]}'
+            peak = '-' if layer['max_peak_ratio'] is None else f'{layer["max_peak_ratio"]:.1f}x'
             lines.append(
-                f'{row["model"]:28} {layer["index"]:5}  {layer["module"]:28} {shape:>13} '
+                f'{row["model"]:{width}} {layer["index"]:5}  {layer["module"]:{module_width}} {shape:>13} '
                 f'{layer["invalid_fraction"]:8.1%} {layer["flat_fraction"]:7.1%} {layer["outlying_fraction"]:8.1%} '
-                f'{layer["effective_rank"]:8.1f} of {layer["channels"]:<4}')
+                f'{layer["min_spread_ratio"]:10.3f} {peak:>9} {rank:>16}')
     return '\n'.join(lines)
 
 
@@ -480,9 +485,10 @@ def _features(args: argparse.Namespace) -> None:
                          layers=[dataclasses.asdict(report) for report in reports]))
 
     print(_format_features_table(rows))
-    print(f'\n{len(images)} image{"s" if len(images) > 1 else ""}. Invalid: flat (spread at most {FLAT_SPREAD:.0%} of the '
-          f'layer\'s median channel) or outlying (peak over {OUTLYING_PEAK:g}x the median). Effective rank of the '
-          f'channels over all positions, out of the channel count.')
+    print(f'\n{len(images)} image{"s" if len(images) > 1 else ""}. Invalid: flat (spread at most {FLAT_SPREAD:g} of '
+          f'the layer\'s median channel\'s on an image; min spread: the smallest seen) or outlying (peak over '
+          f'{OUTLYING_PEAK:g}x the median; max peak: the largest seen). Effective rank of the channels over all '
+          f'positions, out of the channel count.')
     if args.json is not None:
         report = dict(images=len(images), first_image=str(images[0]),
                       definition=dict(flat_spread=FLAT_SPREAD, outlying_peak=OUTLYING_PEAK), models=rows)

@@ -40,8 +40,8 @@ from .t2t_vit import CheckpointMismatchError, describe_mismatch
 
 __all__ = [
     'DEFAULT_LAYER_COUNT', 'FLAT_SPREAD', 'OUTLYING_PEAK', 'LayerMaps', 'LayerReport', 'LayerStatistics', 'Panel',
-    'default_layers', 'draw_figure', 'effective_rank', 'extract_maps', 'feature_modules', 'invalid_channels',
-    'load_model', 'map_grid', 'measure_features', 'normalize_maps', 'resolve_layers',
+    'channel_ratios', 'default_layers', 'draw_figure', 'effective_rank', 'extract_maps', 'feature_modules',
+    'invalid_channels', 'load_model', 'map_grid', 'measure_features', 'normalize_maps', 'resolve_layers',
 ]
 
 PathLike = Union[str, Path]
@@ -189,16 +189,24 @@ def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
     return scaled.reshape(maps.shape)
 
 
-def invalid_channels(maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The flat and the outlying channels, (B, C) masks, of a batch of one layer's maps (B, C, H, W): see the
-    module's definitions (FLAT_SPREAD, OUTLYING_PEAK)."""
+def channel_ratios(maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """For each image and channel (B, C) of a batch of one layer's maps (B, C, H, W): its spread (standard deviation
+    over the map) relative to the median channel's (0 for a constant map where the median is 0 too), and its peak
+    (largest absolute value) relative to the median of the non-flat channels' peaks (NaN when all are flat)."""
     values = maps.float().flatten(2)
     spread = values.std(dim=2, correction=0)
     peak = values.abs().amax(dim=2)
-    flat = spread <= FLAT_SPREAD * spread.median(dim=1, keepdim=True).values
-    typical_peak = torch.where(flat, torch.nan, peak).nanmedian(dim=1, keepdim=True).values  # NaN if all are flat
-    outlying = ~flat & (peak > OUTLYING_PEAK * typical_peak)
-    return flat, outlying
+    spread_ratio = (spread / spread.median(dim=1, keepdim=True).values).nan_to_num(nan=0., posinf=torch.inf)
+    typical_peak = torch.where(spread_ratio <= FLAT_SPREAD, torch.nan, peak).nanmedian(dim=1, keepdim=True).values
+    return spread_ratio, peak / typical_peak
+
+
+def invalid_channels(maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The flat and the outlying channels, (B, C) masks, of a batch of one layer's maps (B, C, H, W): see the
+    module's definitions (FLAT_SPREAD, OUTLYING_PEAK)."""
+    spread_ratio, peak_ratio = channel_ratios(maps)
+    flat = spread_ratio <= FLAT_SPREAD
+    return flat, ~flat & (peak_ratio > OUTLYING_PEAK)
 
 
 @dataclasses.dataclass
@@ -214,6 +222,8 @@ class LayerReport:
     flat_fraction: float  # of all (image, channel) maps
     outlying_fraction: float
     invalid_fraction: float  # flat or outlying
+    min_spread_ratio: float  # the smallest spread relative to the layer's median (flat: at most FLAT_SPREAD)
+    max_peak_ratio: Optional[float]  # the largest non-flat peak relative to the median (outlying: above OUTLYING_PEAK)
     effective_rank: float  # 1 to `channels` (0: every channel constant)
     relative_rank: float  # effective_rank / channels
 
@@ -225,16 +235,24 @@ class LayerStatistics:
 
     def __init__(self) -> None:
         self.images = self.maps = self.flat = self.outlying = self.positions = 0
+        self.min_spread_ratio = math.inf
+        self.max_peak_ratio: Optional[float] = None
         self.shape: Optional[Tuple[int, int, int]] = None
         self.mean: Optional[torch.Tensor] = None
         self.products: Optional[torch.Tensor] = None
 
     def update(self, maps: torch.Tensor) -> None:
+        spread_ratio, peak_ratio = channel_ratios(maps)
         flat, outlying = invalid_channels(maps)
         self.images += maps.shape[0]
         self.maps += flat.numel()
         self.flat += int(flat.sum())
         self.outlying += int(outlying.sum())
+        self.min_spread_ratio = min(self.min_spread_ratio, float(spread_ratio.min()))
+        live_peaks = peak_ratio[~flat & ~peak_ratio.isnan()]
+        if len(live_peaks):
+            largest = float(live_peaks.max())
+            self.max_peak_ratio = largest if self.max_peak_ratio is None else max(self.max_peak_ratio, largest)
         self.shape = tuple(maps.shape[1:])
         positions = maps.detach().permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).double()
         count, mean = positions.shape[0], positions.mean(0)
@@ -269,7 +287,8 @@ class LayerStatistics:
             index=index, module=module, channels=channels, height=height, width=width, images=self.images,
             positions=self.positions,
             flat_fraction=self.flat / self.maps, outlying_fraction=self.outlying / self.maps,
-            invalid_fraction=(self.flat + self.outlying) / self.maps, effective_rank=rank,
+            invalid_fraction=(self.flat + self.outlying) / self.maps, min_spread_ratio=self.min_spread_ratio,
+            max_peak_ratio=self.max_peak_ratio, effective_rank=rank,
             relative_rank=rank / channels)
 
 
