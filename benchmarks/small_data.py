@@ -21,10 +21,10 @@ leaves the first seed's trained models as model folders that the command line an
 
     python benchmarks/small_data.py                     # about 3 minutes per seed on 2 CPU cores
     timm-t2t classify runs/digits/data/val/7 --weights runs/digits/t2t_vit_7
-    timm-t2t features runs/digits/data/val/3/0174.png --weights runs/digits/t2t_vit_7 \
+    timm-t2t features runs/digits/data/val/3/0045.png --weights runs/digits/t2t_vit_7 \
         runs/digits/deit_tiny_patch16_224 runs/digits/deit_tiny_patch16_224_t2t_stem --output features.png
 
-The work folder then takes about 67 MB (the images and the three model folders). timm's training checkpoints, with
+The work folder then takes about 66 MB (the images and the three model folders). timm's training checkpoints, with
 the optimizer and EMA state, are kept only with `--checkpoints`: 60 to 90 MB per model and seed.
 
 With `--timm-scripts DIR` (a pytorch-image-models checkout) the registered models are trained and validated by

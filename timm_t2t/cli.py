@@ -443,6 +443,7 @@ def _features(args: argparse.Namespace) -> None:
 
     images = _check_features_paths(args)
     _import_libraries()
+    import timm
     import torch
 
     from .features import (
@@ -490,8 +491,9 @@ def _features(args: argparse.Namespace) -> None:
           f'{OUTLYING_PEAK:g}x the median; max peak: the largest seen). Effective rank of the channels over all '
           f'positions, out of the channel count.')
     if args.json is not None:
-        report = dict(images=len(images), first_image=str(images[0]),
-                      definition=dict(flat_spread=FLAT_SPREAD, outlying_peak=OUTLYING_PEAK), models=rows)
+        report = dict(images=len(images), first_image=str(images[0]), torch=torch.__version__,
+                      timm=timm.__version__, definition=dict(flat_spread=FLAT_SPREAD, outlying_peak=OUTLYING_PEAK),
+                      models=rows)
         args.json.write_text(json.dumps(report, indent=1), encoding='utf-8')
         print(f'Wrote {args.json}.')
     if args.output is not None:

@@ -2,7 +2,7 @@
 
     model = load_model('t2t_vit_14')                               # or weights='runs/digits/t2t_vit_7', any timm model
     layers = resolve_layers(model)                                 # a few layers spread over depth
-    maps = extract_maps(model, images, layers)                     # one (B, C, H, W) map per layer
+    maps = extract_maps(model, x, layers)                          # one (B, C, H, W) map per layer
     reports = measure_features(model, batches, layers)             # per layer: invalid channels, effective rank
     draw_figure([Panel('T2T-ViT-14', image, [LayerMaps(...)])], 'fig.png')
 
@@ -16,8 +16,10 @@ Each map is drawn as the paper's visualization code draws it (matplotlib's `imsh
 its minimum (black) to its maximum (white). A channel is *invalid* on an image when its map is
 - *flat*: its standard deviation over the map is at most FLAT_SPREAD (1%) of the median channel's in that layer on
   that image, an all-zero map included: it shows nothing; or
-- *outlying*: its largest absolute value is more than OUTLYING_PEAK (10) times the median of the other non-flat
-  channels' largest absolute values: it stands far outside the layer's distribution.
+- *outlying*: its largest absolute value is more than OUTLYING_PEAK (10) times the median of the layer's non-flat
+  channels' largest absolute values on that image: it stands far outside the layer's distribution.
+The reports also give the smallest spread and the largest peak seen, relative to those medians (`channel_ratios`):
+how near the valid channels come to the thresholds.
 
 Richness is the effective rank (Roy and Vetterli, 2007) of a layer's channels over every position of every image:
 exp of the entropy of the normalized singular values of the centred (positions x channels) matrix. It is 1 when
@@ -50,7 +52,7 @@ FLAT_SPREAD = 0.01  # flat: standard deviation at most this fraction of the laye
 OUTLYING_PEAK = 10.  # outlying: largest |value| above this multiple of the layer's median non-flat channel's
 DEFAULT_LAYER_COUNT = 4  # layers drawn and measured when none are named: spread evenly over the feature list
 
-INSTALL_MATPLOTLIB = 'drawing the figure needs matplotlib: pip install matplotlib (or pip install "timm-t2t[bench]")'
+INSTALL_MATPLOTLIB = 'Drawing the figure needs matplotlib: pip install matplotlib (or pip install "timm-t2t[bench]").'
 
 
 def _is_t2t_vit(name: str) -> bool:
@@ -157,7 +159,12 @@ def _hooked_outputs(model: nn.Module, x: torch.Tensor, modules: Sequence[str]) -
         for module in modules:
             def keep(_module, _inputs, output, module=module):
                 outputs[module] = output[0] if isinstance(output, (tuple, list)) else output
-            handles.append(model.get_submodule(module).register_forward_hook(keep))
+            try:
+                target = model.get_submodule(module)
+            except AttributeError as e:
+                raise ValueError(f'{type(model).__name__} has no module {module!r}, which its feature_info '
+                                 f'names.') from e
+            handles.append(target.register_forward_hook(keep))
         model(x)
     finally:
         for handle in handles:
@@ -201,12 +208,15 @@ def channel_ratios(maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return spread_ratio, peak / typical_peak
 
 
+def _flat_and_outlying(spread_ratio: torch.Tensor, peak_ratio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    flat = spread_ratio <= FLAT_SPREAD
+    return flat, ~flat & (peak_ratio > OUTLYING_PEAK)
+
+
 def invalid_channels(maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The flat and the outlying channels, (B, C) masks, of a batch of one layer's maps (B, C, H, W): see the
     module's definitions (FLAT_SPREAD, OUTLYING_PEAK)."""
-    spread_ratio, peak_ratio = channel_ratios(maps)
-    flat = spread_ratio <= FLAT_SPREAD
-    return flat, ~flat & (peak_ratio > OUTLYING_PEAK)
+    return _flat_and_outlying(*channel_ratios(maps))
 
 
 @dataclasses.dataclass
@@ -243,7 +253,7 @@ class LayerStatistics:
 
     def update(self, maps: torch.Tensor) -> None:
         spread_ratio, peak_ratio = channel_ratios(maps)
-        flat, outlying = invalid_channels(maps)
+        flat, outlying = _flat_and_outlying(spread_ratio, peak_ratio)
         self.images += maps.shape[0]
         self.maps += flat.numel()
         self.flat += int(flat.sum())
@@ -285,11 +295,9 @@ class LayerStatistics:
         rank = self.effective_rank()
         return LayerReport(
             index=index, module=module, channels=channels, height=height, width=width, images=self.images,
-            positions=self.positions,
-            flat_fraction=self.flat / self.maps, outlying_fraction=self.outlying / self.maps,
+            positions=self.positions, flat_fraction=self.flat / self.maps, outlying_fraction=self.outlying / self.maps,
             invalid_fraction=(self.flat + self.outlying) / self.maps, min_spread_ratio=self.min_spread_ratio,
-            max_peak_ratio=self.max_peak_ratio, effective_rank=rank,
-            relative_rank=rank / channels)
+            max_peak_ratio=self.max_peak_ratio, effective_rank=rank, relative_rank=rank / channels)
 
 
 def effective_rank(maps: torch.Tensor) -> float:
@@ -334,9 +342,12 @@ VALID_COLOR = (0.8, 0.8, 0.8)
 BACKGROUND = 1.
 
 
-def _fit(height: int, width: int, side: int) -> Tuple[int, int]:
-    scale = side / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
+def _upscale(images: torch.Tensor, side: int, interpolation: str) -> torch.Tensor:
+    """Images (C, H, W) resized, aspect kept, so that their longer side is `side`; values kept within [0, 1]."""
+    scale = side / max(images.shape[-2:])
+    size = [max(1, round(images.shape[-2] * scale)), max(1, round(images.shape[-1] * scale))]
+    align = {} if interpolation == 'nearest' else dict(align_corners=False)
+    return F.interpolate(images[None].float(), size=size, mode=interpolation, **align)[0].clamp(0, 1)
 
 
 def map_grid(layer: LayerMaps, channels: int, size: int, interpolation: str = 'bilinear') -> np.ndarray:
@@ -346,10 +357,8 @@ def map_grid(layer: LayerMaps, channels: int, size: int, interpolation: str = 'b
     columns = math.ceil(math.sqrt(count))
     cell = size // columns
     frame = max(2, cell // 24)
-    height, width = _fit(*layer.maps.shape[-2:], cell - 2 * frame)
-    maps = normalize_maps(layer.maps[:count])[None]
-    align = {} if interpolation == 'nearest' else dict(align_corners=False)
-    maps = F.interpolate(maps, size=(height, width), mode=interpolation, **align)[0].clamp(0, 1).numpy()
+    maps = _upscale(normalize_maps(layer.maps[:count]), cell - 2 * frame, interpolation).numpy()
+    height, width = maps.shape[-2:]
     grid = np.full((size, size, 3), BACKGROUND, dtype=np.float32)
     for channel in range(count):
         top, left = (channel // columns) * cell, (channel % columns) * cell
@@ -363,7 +372,7 @@ def _pyplot():
     try:
         import matplotlib
     except ModuleNotFoundError as e:
-        raise RuntimeError(f'The command ran, but {INSTALL_MATPLOTLIB}.') from e
+        raise RuntimeError(INSTALL_MATPLOTLIB) from e
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt
@@ -386,10 +395,7 @@ def draw_figure(
     fig, axes = plt.subplots(len(panels), columns, figsize=(columns * inches, len(panels) * (inches + 0.55)),
                              squeeze=False, dpi=dpi)
     for row, panel in zip(axes, panels):
-        image = panel.image.float().clamp(0, 1)[None]
-        height, width = _fit(*image.shape[-2:], size)
-        align = {} if interpolation == 'nearest' else dict(align_corners=False)
-        image = F.interpolate(image, size=(height, width), mode=interpolation, **align)[0].clamp(0, 1)
+        image = _upscale(panel.image.clamp(0, 1), size, interpolation)
         row[0].imshow(image.permute(1, 2, 0).numpy(), interpolation='none')
         row[0].set_title(panel.label, fontsize=10, fontweight='bold')
         for ax, layer in zip(row[1:], panel.layers):
