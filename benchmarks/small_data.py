@@ -11,17 +11,21 @@ create_scheduler_v2, ModelEmaV3, bf16 autocast, CheckpointSaver):
   claim isolated to the tokenizer.
 
 Every model is trained once per seed (`--seeds N`: seeds 0 to N-1, 3 by default; the seed sets the initialization,
-the augmentation and the batch order, the split stays the same). It prints a table of the mean, standard deviation
-and range over the seeds, writes `small_data.json` (that summary and every seed's results) and `small_data.png`
-(validation curves and final accuracy, with error bars) into the work folder, runs/digits, unless `--results` names
-another (the recorded run is in benchmarks/results), and leaves the first seed's trained T2T-ViT as a model folder
-that the command line and timm load:
+the augmentation and the batch order, the split stays the same). Each trained model (the better of it and its EMA)
+then has its feature maps measured on the validation digits by `timm_t2t.features`: at four layers spread over its
+feature list, the share of invalid channels and the channels' effective rank (the paper's richness claim, in
+numbers). It prints tables of the mean, standard deviation and range over the seeds, writes `small_data.json` (that
+summary and every seed's results) and `small_data.png` (validation curves and final accuracy, with error bars) into
+the work folder, runs/digits, unless `--results` names another (the recorded run is in benchmarks/results), and
+leaves the first seed's trained models as model folders that the command line and timm load:
 
     python benchmarks/small_data.py                     # about 3 minutes per seed on 2 CPU cores
     timm-t2t classify runs/digits/data/val/7 --weights runs/digits/t2t_vit_7
+    timm-t2t features runs/digits/data/val/3/0045.png --weights runs/digits/t2t_vit_7 \
+        runs/digits/deit_tiny_patch16_224 runs/digits/deit_tiny_patch16_224_t2t_stem --output features.png
 
-The work folder then takes about 23 MB (the images and that model folder). timm's training checkpoints, with the
-optimizer and EMA state, are kept only with `--checkpoints`: 60 to 90 MB per model and seed.
+The work folder then takes about 66 MB (the images and the three model folders). timm's training checkpoints, with
+the optimizer and EMA state, are kept only with `--checkpoints`: 60 to 90 MB per model and seed.
 
 With `--timm-scripts DIR` (a pytorch-image-models checkout) the registered models are trained and validated by
 timm's real `train.py` and `validate.py` on the same folder instead, with the same recipe and seeds.
@@ -54,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_name  # noqa: E402
 from timm_t2t import T2TPatchEmbed  # noqa: E402
 from timm_t2t._compat import save_for_hf  # noqa: E402
+from timm_t2t.features import measure_features, resolve_layers  # noqa: E402
 
 _logger = logging.getLogger('small_data')
 
@@ -61,6 +66,7 @@ DIGITS = [str(d) for d in range(10)]
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # ink on paper: centre the gray levels
 SPLIT_SEED = 0  # the train/val split, the same for every training seed
 METRICS = ('val_top1', 'val_top1_ema', 'train_seconds')  # summarized over seeds
+FEATURE_METRICS = ('invalid_fraction', 'min_spread_ratio', 'max_peak_ratio', 'effective_rank')  # per layer
 
 
 @dataclasses.dataclass
@@ -85,12 +91,14 @@ class Run:
     model: str
     kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     timm_script_args: Optional[List[str]] = None  # train.py / validate.py arguments, if the scripts can build it
+    folder: Optional[str] = None  # its exported model folder in the work folder (default: the model's name)
 
 
 RUNS = [
     Run('T2T-ViT-7', 't2t_vit_7', timm_script_args=[]),
     Run('DeiT-Tiny', 'deit_tiny_patch16_224', timm_script_args=[]),
-    Run('DeiT-Tiny + T2TPatchEmbed', 'deit_tiny_patch16_224', dict(embed_layer=T2TPatchEmbed)),
+    Run('DeiT-Tiny + T2TPatchEmbed', 'deit_tiny_patch16_224', dict(embed_layer=T2TPatchEmbed),
+        folder='deit_tiny_patch16_224_t2t_stem'),
 ]
 
 
@@ -226,6 +234,21 @@ def export(model: torch.nn.Module, folder: Path, recipe: Recipe, model_args: Dic
     return folder
 
 
+def folder_model_args(run: Run, recipe: Recipe) -> Dict[str, Any]:
+    """A run's model arguments as its folder's config.json records them: the T2T stem by name (JSON holds no class;
+    the package's folder loader builds it with the class)."""
+    kwargs = {key: value.__name__ if value is T2TPatchEmbed else value for key, value in run.kwargs.items()}
+    return dict(img_size=recipe.img_size, num_classes=len(DIGITS), **kwargs)
+
+
+def feature_metrics(model: torch.nn.Module, data: Path, recipe: Recipe) -> List[Dict[str, Any]]:
+    """Invalid channels and effective rank (timm_t2t.features) of a trained model on the validation digits, at the
+    default layers: four spread over its feature list, first and last included."""
+    model.eval()
+    reports = measure_features(model, (x for x, _ in val_loader(data, recipe)), resolve_layers(model))
+    return [dataclasses.asdict(report) for report in reports]
+
+
 def timm_experiment(run: Run, recipe: Recipe) -> str:
     """The name of a model's training by timm's scripts with the recipe's seed (its folder under the output)."""
     return f'{run.model}-seed{recipe.seed}'
@@ -282,8 +305,8 @@ def spread(values: Sequence[float]) -> Dict[str, Optional[float]]:
 
 
 def summarize(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Per model of the experiment (by label, in order of first appearance): its seeds, its size and the spread of
-    each metric over the seeds."""
+    """Per model of the experiment (by label, in order of first appearance): its seeds, its size, the spread of
+    each metric over the seeds and, where measured, of each layer's feature metrics."""
     by_label: Dict[str, List[Dict[str, Any]]] = {}
     for result in results:
         by_label.setdefault(result['label'], []).append(result)
@@ -292,6 +315,11 @@ def summarize(results: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
         entry = dict(label=label, model=runs[0]['model'], seeds=[r['seed'] for r in runs])
         entry.update({key: runs[0][key] for key in ('params', 'param_count_millions') if key in runs[0]})
         entry.update({metric: spread([r[metric] for r in runs]) for metric in METRICS if metric in runs[0]})
+        if 'features' in runs[0]:
+            entry['features'] = [
+                dict({key: layers[0][key] for key in ('index', 'module', 'channels', 'height', 'width')},
+                     **{metric: spread([layer[metric] for layer in layers]) for metric in FEATURE_METRICS})
+                for layers in zip(*(r['features'] for r in runs))]
         summary.append(entry)
     return summary
 
@@ -314,6 +342,23 @@ def format_table(summary: Sequence[Dict[str, Any]]) -> str:
         ema = format_spread(arm['val_top1_ema']) if 'val_top1_ema' in arm else ''
         lines.append(f'{arm["label"]:26} {params:>6} {len(arm["seeds"]):>5} {format_spread(arm["val_top1"]):>24} '
                      f'{ema:>24} {format_spread(arm["train_seconds"], 0):>16}')
+    return '\n'.join(lines)
+
+
+def format_features_table(summary: Sequence[Dict[str, Any]]) -> str:
+    """Per model and layer, on the validation digits: the invalid channels (%) and the effective rank, mean ± std
+    (min-max) over the seeds, and the nearest any channel of any seed came to invalid (its smallest spread and
+    largest peak relative to the layer's median channel's)."""
+    lines = [f'{"model":26} {"layer":>5} {"module":26} {"maps":>9} {"invalid channels (%)":>22} '
+             f'{"min spread / max peak":>22} {"effective rank":>24}', '-' * 140]
+    for arm in summary:
+        for layer in arm.get('features', ()):
+            percent = {key: 100 * value if value is not None else None
+                       for key, value in layer['invalid_fraction'].items()}
+            shape = f'{layer["channels"]}x{layer["height"]}x{layer["width"]}'
+            nearest = f'{layer["min_spread_ratio"]["min"]:.2f} / {layer["max_peak_ratio"]["max"]:.1f}x'
+            lines.append(f'{arm["label"]:26} {layer["index"]:5} {layer["module"]:26} {shape:>9} '
+                         f'{format_spread(percent):>22} {nearest:>22} {format_spread(layer["effective_rank"]):>24}')
     return '\n'.join(lines)
 
 
@@ -353,16 +398,21 @@ def plot(results: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]], p
 
 
 def train_arm(run: Run, data: Path, work_dir: Path, recipe: Recipe, keep_checkpoints: bool,
-              export_t2t: bool) -> Dict[str, Any]:
-    """Train one model of the experiment with one seed by the recipe; a T2T-ViT is exported as a model folder
-    (work_dir/<model>, the better of the model and its EMA) if asked."""
+              export_model: bool) -> Dict[str, Any]:
+    """Train one model of the experiment with one seed by the recipe. The better of the model and its EMA has its
+    feature maps measured on the validation digits and, if asked, is exported as a model folder
+    (work_dir/<run.folder or model>)."""
     checkpoints = work_dir / 'checkpoints' / run.label.replace(' ', '_') / f'seed-{recipe.seed}'
     result = train(run, data, checkpoints if keep_checkpoints else None, recipe)
     model, ema = result.pop('model_obj'), result.pop('ema_obj')
-    if export_t2t and run.model.startswith('t2t_vit'):
-        best = ema if result['val_top1_ema'] >= result['val_top1'] else model
-        folder = export(best, work_dir / run.model, recipe,
-                        dict(img_size=recipe.img_size, num_classes=len(DIGITS), **run.kwargs))
+    use_ema = result['val_top1_ema'] >= result['val_top1']
+    best = ema if use_ema else model
+    start = time.perf_counter()
+    result['features'] = feature_metrics(best, data, recipe)
+    result['features_of'] = 'EMA' if use_ema else 'model'
+    result['features_seconds'] = time.perf_counter() - start
+    if export_model:
+        folder = export(best, work_dir / (run.folder or run.model), recipe, folder_model_args(run, recipe))
         result['exported'] = str(folder)
     return result
 
@@ -425,6 +475,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     (args.results / f'{name}.json').write_text(json.dumps(report, indent=2))
     print(format_table(summary))
     if not args.timm_scripts:
+        print(f'\nFeature maps on the {report["val_images"]} validation digits (the better of each model and its EMA; '
+              'timm_t2t.features: invalid = flat or outlying channels):')
+        print(format_features_table(summary))
         plot(results, summary, args.results / f'{name}.png')
     print(f'\nwrote {args.results / (name + ".json")}' + ('' if args.timm_scripts else f' and {name}.png'))
 

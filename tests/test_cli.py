@@ -79,7 +79,9 @@ def test_help_answers_without_importing_torch():
     for command, flags in [('list', ['--json']), ('info', ['model', '--json']),
                            ('classify', ['--model', '--weights', '--top-k', '--batch-size', '--output',
                                          '--precision']),
-                           ('convert', ['--model', '--push-to-hub'])]:
+                           ('convert', ['--model', '--push-to-hub']),
+                           ('features', ['--models', '--weights', '--layers', '--channels', '--size', '--output',
+                                         '--json', 'invalid', 'Richness'])]:
         done = _cli(command, '--help')
         assert done.returncode == 0 and all(flag in done.stdout for flag in flags), done.stdout
 

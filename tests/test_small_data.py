@@ -10,16 +10,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from benchmarks.small_data import (
-    DIGITS, METRICS, RUNS, Recipe, evaluate, format_spread, format_table, summarize, timm_script_args, val_loader,
-    write_digits)
+    DIGITS, FEATURE_METRICS, METRICS, RUNS, Recipe, Run, create, evaluate, export, folder_model_args, format_spread,
+    format_table, summarize, timm_script_args, val_loader, write_digits)
 from benchmarks.small_data import main as small_data_main
+from timm_t2t import T2TPatchEmbed
 from timm_t2t._compat import create_model_from_folder
 from timm_t2t.cli import main as cli_main
+from timm_t2t.predict import image_transform, load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,6 +63,27 @@ def test_the_trained_model_folder_loads_in_timm_and_the_command_line(digits_mode
     cli_main(['classify', str(digits_model.data / 'val' / '4'), '--weights', str(digits_model.folder), '--top-k', '1'])
     labels = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith('  ')]
     assert len(labels) == 36 and labels.count('4') >= 32  # the digit names travel with the folder
+
+
+def test_a_vit_with_the_t2t_stem_is_exported_as_a_folder_that_loads(tmp_path, capsys):
+    run = Run('tiny stem', 'deit_tiny_patch16_224', dict(embed_layer=T2TPatchEmbed, depth=1, embed_dim=32,
+                                                           num_heads=1), folder='tiny_stem')
+    recipe = Recipe()
+    model = create(run, recipe).eval()
+    folder = export(model, tmp_path / run.folder, recipe, folder_model_args(run, recipe))
+    model_args = json.loads((folder / 'config.json').read_text())['model_args']
+    assert model_args['embed_layer'] == 'T2TPatchEmbed' and (model_args['depth'], model_args['embed_dim']) == (1, 32)
+    reloaded = load_classifier(None, folder)
+    assert isinstance(reloaded.patch_embed, T2TPatchEmbed)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), model(x))
+    Image.fromarray(np.full((64, 64), 200, dtype=np.uint8), mode='L').save(tmp_path / 'blank.png')
+    cli_main(['classify', str(tmp_path / 'blank.png'), '--weights', str(folder), '--top-k', '1'])
+    label = capsys.readouterr().out.splitlines()[1].split()[-1]
+    transform, _, _ = image_transform(reloaded)
+    with torch.no_grad():
+        assert label == DIGITS[int(model(transform(Image.open(tmp_path / 'blank.png').convert('RGB'))[None]).argmax())]
 
 
 def _per_seed(label, seed, top1, ema, seconds, **extra):
@@ -178,5 +202,27 @@ def test_every_model_is_trained_for_every_seed_and_summarized(tmp_path):
     assert table[-1] == f'wrote {work / "small_data.json"} and small_data.png'
 
     assert Image.open(work / 'small_data.png').size[0] > 1000
-    assert results[0]['exported'] == str(work / 't2t_vit_7') and 'exported' not in results[2]
-    assert sorted(p.name for p in work.iterdir()) == ['data', 'small_data.json', 'small_data.png', 't2t_vit_7']
+    assert results[0]['exported'] == str(work / 't2t_vit_7') and results[1]['exported'] == str(
+        work / 'deit_tiny_patch16_224') and 'exported' not in results[2]
+    assert sorted(p.name for p in work.iterdir()) == [
+        'data', 'deit_tiny_patch16_224', 'small_data.json', 'small_data.png', 't2t_vit_7']
+
+    # the feature maps of every model and seed on the validation digits, summarized per layer over the seeds
+    assert [[(layer['index'], layer['module']) for layer in r['features']] for r in results[:2]] == [
+        [(0, 'tokens_to_token.attention1'), (1, 'tokens_to_token.attention2'), (2, 'blocks.0')], [(0, 'blocks.0')]]
+    assert all(layer['images'] == 360 and r['features_of'] in ('model', 'EMA')
+               for r in results for layer in r['features'])
+    start = next(i for i, line in enumerate(table) if line.startswith('model') and 'effective rank' in line)
+    features_table = table[start:table.index('', start)]
+    for arm in report['summary']:
+        runs = [r for r in results if r['label'] == arm['label']]
+        for i, layer in enumerate(arm['features']):
+            for metric in FEATURE_METRICS:
+                values = [r['features'][i][metric] for r in runs]
+                assert layer[metric] == pytest.approx(dict(mean=statistics.mean(values), std=statistics.stdev(values),
+                                                           min=min(values), max=max(values)), rel=1e-12)
+            rank = layer['effective_rank']
+            assert any(line.startswith(f'{arm["label"]:26} {layer["index"]:5} {layer["module"]:26}') and line.endswith(
+                f'{rank["mean"]:.1f} ± {rank["std"]:.1f} ({rank["min"]:.1f}-{rank["max"]:.1f})')
+                for line in features_table)
+    assert len(features_table) == 2 + 4

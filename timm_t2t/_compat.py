@@ -190,17 +190,19 @@ def register_load_state_dict_pre_hook(module: nn.Module, hook: Callable) -> Any:
     return module._register_load_state_dict_pre_hook(hook, with_module=True)
 
 
-def create_model_from_folder(folder: Union[str, Path]) -> nn.Module:
+def create_model_from_folder(folder: Union[str, Path], **kwargs: Any) -> nn.Module:
     """The model saved in a folder as `save_for_hf` writes it (config.json, model.safetensors), with its weights:
-    timm's `local-dir:` source from 1.0.17, the same from the folder's config before."""
+    timm's `local-dir:` source from 1.0.17, the same from the folder's config before. `kwargs` override the
+    folder's model arguments."""
     folder = Path(folder)
     if TIMM_VERSION >= (1, 0, 17):
-        return timm.create_model(f'local-dir:{folder}', pretrained=True)
+        return timm.create_model(f'local-dir:{folder}', pretrained=True, **kwargs)
     config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
     overlay = dict(config['pretrained_cfg'], file=str(folder / 'model.safetensors'))
     overlay.update({k: config[k] for k in ('label_names', 'label_descriptions') if k in config})  # as local-dir: does
     return timm.create_model(
-        config['architecture'], pretrained=True, pretrained_cfg_overlay=overlay, **config.get('model_args', {}))
+        config['architecture'], pretrained=True, pretrained_cfg_overlay=overlay,
+        **{**config.get('model_args', {}), **kwargs})
 
 
 def load_state_dict(path: Union[str, Path], use_ema: bool = True) -> Dict[str, Any]:

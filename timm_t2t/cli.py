@@ -8,6 +8,7 @@ option that does not fit the model), 1 for anything else.
 import argparse
 import ast
 import importlib
+import importlib.util
 import logging
 import sys
 import warnings
@@ -24,6 +25,7 @@ _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
   timm-t2t info MODEL                               a model's config, feature pyramid and weight sources
   timm-t2t classify IMAGE_OR_FOLDER...              top-k classes of images
   timm-t2t convert CHECKPOINT OUT_DIR --model NAME  a reference checkpoint as a Hugging Face Hub folder
+  timm-t2t features IMAGE_OR_FOLDER... --models M   feature maps as the paper's Figure 2, invalid channels, richness
 
 Run `timm-t2t COMMAND --help` for a command's options.
 """
@@ -163,6 +165,56 @@ def _add_convert(subparsers) -> None:
                         'the commit to pin it by')
     parser.add_argument('--private', action='store_true', help='create the Hub repo as private')
     parser.add_argument('--token', help='Hugging Face token (default: the one huggingface_hub finds)')
+
+
+_FEATURES_DESCRIPTION = """\
+Draw the feature maps of models on an image as the T2T-ViT paper's Figure 2 does, and measure over all the images
+how many channels are invalid and how rich the channels are, per model and layer.
+
+Maps come from timm: forward_intermediates (a T2T-ViT's re-structurized T2T-layer maps, then its blocks' tokens on
+their grid; a ViT's blocks' tokens without class or register tokens; a CNN's stage outputs), or the feature_info
+modules' outputs (as features_only) for a model without it. --layers are indices into the model's feature list
+(timm's feature_info), as forward_intermediates' indices; a T2T-ViT's list is its two T2T maps, then its blocks. Each
+map is drawn scaled on its own from its minimum (black) to its maximum (white), as the paper's visualization code does.
+
+A channel is invalid on an image when its map is flat (standard deviation at most 1% of the median channel's of that
+layer, on that image: an all-zero map included) or outlying (largest absolute value more than 10 times the median of
+the layer's non-flat channels' largest absolute values); invalid channels are framed in red. Richness is the effective
+rank of the layer's channels over every position of every image: exp of the entropy of the normalized singular values
+of the centred (positions x channels) matrix, from 1 to the channel count.
+
+The figure shows the first image; the table and --json cover all of them. Drawing needs matplotlib.
+"""
+
+
+def _add_features(subparsers) -> None:
+    parser = subparsers.add_parser(
+        'features', help='feature maps, invalid channels and richness of models', parents=[_verbose_flag()],
+        description=_FEATURES_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('images', nargs='+', type=Path, metavar='IMAGE_OR_FOLDER',
+                        help='image files or folders (searched recursively); the figure shows the first image')
+    parser.add_argument('--models', nargs='+', metavar='MODEL',
+                        help='timm model names, optionally with a pretrained tag (weights downloaded on first use), '
+                             'e.g. t2t_vit_14 vit_small_patch16_224.augreg_in21k_ft_in1k resnet50.a1_in1k; with '
+                             '--weights, the architecture of each weights path')
+    parser.add_argument('--weights', nargs='+', type=Path, metavar='PATH',
+                        help='one per model, in order: a model folder (config.json + model.safetensors, naming its '
+                             'architecture: --models may be left out), a T2T-ViT checkpoint file (variant inferred) '
+                             "or another timm model's checkpoint in timm's format")
+    parser.add_argument('--layers', nargs='+', type=int, metavar='I',
+                        help='indices into each model\'s feature list, negative from the end (default: 4 spread '
+                             'over depth, first and last included)')
+    parser.add_argument('--channels', type=_positive_int, default=16,
+                        help='channels drawn per layer, the first ones (default: %(default)s)')
+    parser.add_argument('--size', type=_positive_int, default=512,
+                        help='side in pixels of each layer\'s grid of maps in the figure (default: %(default)s)')
+    parser.add_argument('--interpolation', choices=('bilinear', 'bicubic', 'nearest'), default='bilinear',
+                        help='how maps are upscaled for the figure (default: %(default)s)')
+    parser.add_argument('--output', type=Path, help='draw the figure into this image file (.png, .jpg, .pdf, .svg)')
+    parser.add_argument('--json', type=Path, help='write the measurements to this JSON file')
+    parser.add_argument('--batch-size', type=_positive_int, default=16,
+                        help='images per forward pass (default: %(default)s)')
+    parser.set_defaults(usage_error=parser.error)
 
 
 def _import_libraries() -> None:
@@ -333,7 +385,125 @@ def _convert(args: argparse.Namespace) -> None:
               f"hf_hub_id='{repo_id}@{commit.oid}', or load timm.create_model('hf-hub:{repo_id}@{commit.oid}').")
 
 
-_COMMANDS = {'list': _list, 'info': _info, 'classify': _classify, 'convert': _convert}
+_FIGURE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.pdf', '.svg')
+
+
+def _check_features_paths(args: argparse.Namespace) -> List[Path]:
+    """The images to draw and measure, each read once, and the models, weights and output paths checked, all before
+    torch loads (a typo or an unreadable image fails at once, before any download)."""
+    from .images import find_images, read_image
+
+    if not args.models and not args.weights:
+        args.usage_error('name the models (--models) or give their weights (--weights)')
+    if args.models and args.weights and len(args.models) != len(args.weights):
+        args.usage_error(f'--models names {len(args.models)} and --weights gives {len(args.weights)}: give one '
+                         f'weights path per model, or leave out --models when every weights path is a model folder')
+    images = find_images(args.images)
+    if args.output is not None and args.output.suffix.lower() not in _FIGURE_SUFFIXES:
+        raise ValueError(f'Cannot tell the format of {args.output}: name it {", ".join(_FIGURE_SUFFIXES)}.')
+    if args.json is not None and args.json.suffix.lower() != '.json':
+        raise ValueError(f'--json {args.json}: name it .json.')
+    for option, path in (('--output', args.output), ('--json', args.json)):
+        if path is not None and not path.parent.is_dir():
+            raise FileNotFoundError(f'No folder {path.parent} to write {option} {path} into: create it first.')
+    for path in args.weights or ():
+        if not path.exists():
+            raise FileNotFoundError(f'No checkpoint file or model folder at {path}.')
+    if args.output is not None and importlib.util.find_spec('matplotlib') is None:
+        raise RuntimeError('Drawing the figure (--output) needs matplotlib: pip install matplotlib (or pip install '
+                           '"timm-t2t[bench]").')
+    images = list(dict.fromkeys(images))  # an image named and also in a folder named: measured once
+    for path in images:
+        read_image(path, 'RGB')
+    return images
+
+
+def _format_features_table(rows: List[Dict[str, Any]]) -> str:
+    """Per model and layer: invalid channels (and how near the thresholds the others come), effective rank."""
+    width = max(len('model'), *(len(row['model']) for row in rows))
+    module_width = max(len('module'), *(len(layer['module']) for row in rows for layer in row['layers']))
+    header = (f'{"model":{width}} {"layer":>5}  {"module":{module_width}} {"maps (CxHxW)":>13} {"invalid":>8} '
+              f'{"flat":>7} {"outlying":>8} {"min spread":>10} {"max peak":>9} {"effective rank":>16}')
+    lines = [header, '-' * len(header)]
+    for row in rows:
+        for layer in row['layers']:
+            shape = f'{layer["channels"]}x{layer["height"]}x{layer["width"]}'
+            rank = f'{layer["effective_rank"]:.1f} of {layer["channels"]}'
+            peak = '-' if layer['max_peak_ratio'] is None else f'{layer["max_peak_ratio"]:.1f}x'
+            lines.append(
+                f'{row["model"]:{width}} {layer["index"]:5}  {layer["module"]:{module_width}} {shape:>13} '
+                f'{layer["invalid_fraction"]:8.1%} {layer["flat_fraction"]:7.1%} {layer["outlying_fraction"]:8.1%} '
+                f'{layer["min_spread_ratio"]:10.3f} {peak:>9} {rank:>16}')
+    return '\n'.join(lines)
+
+
+def _features(args: argparse.Namespace) -> None:
+    import dataclasses
+    import json
+
+    images = _check_features_paths(args)
+    _import_libraries()
+    import timm
+    import torch
+
+    from .features import (
+        FLAT_SPREAD, OUTLYING_PEAK, LayerMaps, Panel, draw_figure, extract_maps, invalid_channels, load_model,
+        measure_features, resolve_layers)
+    from .hub import WeightsUnavailableError
+    from .images import read_image
+    from .predict import _read_batches, image_transform
+
+    names = args.models or [None] * len(args.weights)
+    models = []
+    for name, weights in zip(names, args.weights or [None] * len(names)):
+        try:
+            model = load_model(name, weights)
+        except WeightsUnavailableError as e:
+            raise WeightsUnavailableError(e.problem, _OFFLINE_ADVICE) from e
+        label = name or (weights.name if weights.is_dir() else model.pretrained_cfg.get('architecture'))
+        models.append((label, weights, model, resolve_layers(model, args.layers, label)))
+
+    rows, panels = [], []
+    for label, weights, model, layers in models:
+        transform, mode, config = image_transform(model)
+        batches = (x for _, x in _read_batches(images, args.batch_size, transform, mode, None))
+        reports = measure_features(model, batches, layers)
+        x = transform(read_image(images[0], mode))[None]
+        with torch.inference_mode():
+            maps = extract_maps(model, x, layers)
+        layer_maps = []
+        for report, fmap in zip(reports, maps):
+            flat, outlying = invalid_channels(fmap)
+            invalid = (flat | outlying)[0]
+            layer_maps.append(LayerMaps(
+                f'layer {report.index}: {report.module}\n{report.channels}x{report.height}x{report.width}, '
+                f'{int(invalid.sum())} of {report.channels} invalid', fmap[0], invalid))
+        mean = torch.tensor(config['mean']).view(-1, 1, 1)
+        std = torch.tensor(config['std']).view(-1, 1, 1)
+        panels.append(Panel(label, (x[0] * std + mean).expand(3, -1, -1), layer_maps))
+        rows.append(dict(model=label, architecture=model.pretrained_cfg.get('architecture'),
+                         weights=None if weights is None else str(weights), input_size=list(config['input_size']),
+                         layers=[dataclasses.asdict(report) for report in reports]))
+
+    print(_format_features_table(rows))
+    print(f'\n{len(images)} image{"s" if len(images) > 1 else ""}. Invalid: flat (spread at most {FLAT_SPREAD:g} of '
+          f'the layer\'s median channel\'s on an image; min spread: the smallest seen) or outlying (peak over '
+          f'{OUTLYING_PEAK:g}x the median; max peak: the largest seen). Effective rank of the channels over all '
+          f'positions, out of the channel count.')
+    if args.json is not None:
+        report = dict(images=len(images), first_image=str(images[0]), torch=torch.__version__,
+                      timm=timm.__version__, definition=dict(flat_spread=FLAT_SPREAD, outlying_peak=OUTLYING_PEAK),
+                      models=rows)
+        args.json.write_text(json.dumps(report, indent=1), encoding='utf-8')
+        print(f'Wrote {args.json}.')
+    if args.output is not None:
+        draw_figure(panels, args.output, size=args.size, channels=args.channels, interpolation=args.interpolation,
+                    title=f'{images[0].name}: the first {args.channels} channels of each layer, each scaled to its '
+                          f'own range; invalid channels framed in red')
+        print(f'Wrote {args.output}.')
+
+
+_COMMANDS = {'list': _list, 'info': _info, 'classify': _classify, 'convert': _convert, 'features': _features}
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -360,6 +530,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     _add_info(subparsers)
     _add_classify(subparsers)
     _add_convert(subparsers)
+    _add_features(subparsers)
     args = parser.parse_args(argv)
     _quiet_libraries(args.verbose)
     try:

@@ -29,13 +29,14 @@ from ._compat import create_model_from_folder
 from .catalog import check_model_name
 from .hub import InvalidCheckpointError, read_checkpoint
 from .images import find_images, read_image
+from .patch_embed import T2TPatchEmbed
 from .recipes import prepare
 from .checkpoint import CheckpointMismatchError, check_t2t_checkpoint, normalize_state_dict
 from .t2t_vit import model_args_from_state_dict
 
 __all__ = [
-    'PRECISIONS', 'DataConfigError', 'Prediction', 'classify', 'find_images', 'infer_variant', 'load_classifier',
-    'write_predictions',
+    'PRECISIONS', 'DataConfigError', 'Prediction', 'classify', 'find_images', 'image_transform', 'infer_variant',
+    'load_classifier', 'write_predictions',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -119,9 +120,9 @@ def _model_from_checkpoint(model_name: Optional[str], path: Path, model_kwargs: 
         raise CheckpointMismatchError(f'{path} does not fit {model_name}', e.mismatch) from e
 
 
-def _check_model_folder(folder: Path) -> None:
-    """A saved model folder's config.json parses and names an architecture, and its model.safetensors is whole (its
-    header read, not its weights); each problem raises an error naming the file."""
+def _check_model_folder(folder: Path) -> Dict[str, Any]:
+    """A saved model folder's config.json, after checking that it parses and names an architecture and that its
+    model.safetensors is whole (its header read, not its weights); each problem raises an error naming the file."""
     config_file = folder / 'config.json'
     if not config_file.is_file():
         raise FileNotFoundError(f'{folder} is a folder without config.json: not a saved model folder.')
@@ -140,6 +141,15 @@ def _check_model_folder(folder: Path) -> None:
             problem = str(e).split(': ', 1)[-1]  # past safetensors' 'Error while deserializing header: '
             raise InvalidCheckpointError(
                 f'{weights_file} is not a readable checkpoint: the file is truncated or corrupted ({problem}).') from e
+    return config
+
+
+def _folder_model_args(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Model arguments a folder's config.json can only name: a timm ViT with the T2T stem records its embed_layer
+    as 'T2TPatchEmbed' (JSON holds no class), built here with the class."""
+    if config.get('model_args', {}).get('embed_layer') == T2TPatchEmbed.__name__:
+        return dict(embed_layer=T2TPatchEmbed)
+    return {}
 
 
 def load_classifier(
@@ -158,11 +168,11 @@ def load_classifier(
         return timm.create_model(model_name, pretrained=True, **model_kwargs).eval()
     weights = Path(weights)
     if weights.is_dir():
-        _check_model_folder(weights)
+        config = _check_model_folder(weights)
         if model_kwargs:
             raise ValueError(f'{weights} is a saved model folder, which names its own arguments: leave out the '
                              f'model arguments.')
-        model = create_model_from_folder(weights)
+        model = create_model_from_folder(weights, **_folder_model_args(config))
         architecture = model.pretrained_cfg.get('architecture')
         if model_name and model_name.split('.')[0] != architecture:
             raise ValueError(f'{weights} holds a {architecture}, not a {model_name}; leave out the model name.')
@@ -209,6 +219,27 @@ def _check_data_config(data_config: Mapping[str, Any], in_chans: int) -> None:
     crop_pct = data_config.get('crop_pct')
     if crop_pct is not None and not 0 < crop_pct <= 1:
         raise DataConfigError('crop_pct', f'expected a fraction of the resized image in (0, 1], got {crop_pct}')
+
+
+def image_transform(
+        model: torch.nn.Module,
+        data_config: Optional[Mapping[str, Any]] = None,
+) -> Tuple[Callable[[Any], torch.Tensor], str, Dict[str, Any]]:
+    """The eval transform of a model (its own data config, `data_config`'s settings over it), the Pillow mode its
+    images are read in, and the resolved config.
+
+    Raises:
+        DataConfigError: A `data_config` setting does not fit the model.
+    """
+    input_size = _input_size(model)
+    in_chans = input_size[0]
+    if in_chans not in (1, 3):
+        raise ValueError(f'Images are read as RGB or grayscale; this model takes {in_chans} channels.')
+    data_config = dict(data_config or {})
+    _check_data_config(data_config, in_chans)
+    config = resolve_data_config(args={**data_config, 'input_size': input_size}, model=model)
+    _logger.info(f'Preprocessing: {", ".join(f"{k} {v}" for k, v in config.items())}.')
+    return create_transform(**config), 'RGB' if in_chans == 3 else 'L', config
 
 
 def _read_batches(
@@ -268,15 +299,7 @@ def classify(
         raise ValueError(f'batch_size and top_k must be at least 1, got {batch_size} and {top_k}.')
     if precision not in PRECISIONS:
         raise ValueError(f'Unknown precision {precision!r}, expected one of {", ".join(PRECISIONS)}.')
-    input_size = _input_size(model)
-    in_chans = input_size[0]
-    if in_chans not in (1, 3):
-        raise ValueError(f'Images are read as RGB or grayscale; this model takes {in_chans} channels.')
-    data_config = dict(data_config or {})
-    _check_data_config(data_config, in_chans)
-    config = resolve_data_config(args={**data_config, 'input_size': input_size}, model=model)
-    _logger.info(f'Preprocessing: {", ".join(f"{k} {v}" for k, v in config.items())}.')
-    transform = create_transform(**config)
+    transform, mode, _ = image_transform(model, data_config)
     labels = _label_names(model)
     predict = None
     bar = _progress(len(images), progress)
@@ -287,8 +310,7 @@ def classify(
         on_unreadable(path, error)
 
     try:
-        batches = _read_batches(
-            images, batch_size, transform, 'RGB' if in_chans == 3 else 'L', None if on_unreadable is None else skip)
+        batches = _read_batches(images, batch_size, transform, mode, None if on_unreadable is None else skip)
         for paths, x in batches:
             if predict is None:
                 predict = prepare(model, PRECISIONS[precision], x)
