@@ -38,7 +38,7 @@ from torch import nn
 
 from .hub import read_checkpoint
 from .predict import load_classifier
-from .t2t_vit import CheckpointMismatchError, describe_mismatch
+from .checkpoint import CheckpointMismatchError, describe_mismatch
 
 __all__ = [
     'DEFAULT_LAYER_COUNT', 'FLAT_SPREAD', 'OUTLYING_PEAK', 'LayerMaps', 'LayerReport', 'LayerStatistics', 'Panel',
