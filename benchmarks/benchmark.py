@@ -98,10 +98,9 @@ class Row:
     other_ms: Optional[float] = None
     t2t_ms: Optional[float] = None  # the T2T module's forward (its backward is not in the profiler's scope)
     t2t_flops_share: Optional[float] = None  # the T2T module's share of the model's FLOPs
-    # the T2T module timed on its own (benchmarks/t2t_module.py): forward, forward + backward, on the path users run
+    # the T2T module timed on its own (benchmarks/t2t_module.py): forward, forward + backward on the path users run
     # and on the plain path (autograd through the soft splits' unfold views), and its linear layers alone
     t2t_forward_ms: Optional[float] = None
-    t2t_forward_plain_ms: Optional[float] = None
     t2t_forward_backward_ms: Optional[float] = None
     t2t_forward_backward_plain_ms: Optional[float] = None
     t2t_linear_floor_ms: Optional[float] = None
@@ -463,7 +462,7 @@ def format_table(rows: List[Row]) -> str:
     for r in rows:
         if r.t2t_forward_ms is not None:
             module_lines.append(
-                f'{r.config:30} {r.model:14} {r.recipe:14} {r.t2t_forward_ms:9.1f} {r.t2t_forward_plain_ms:9.1f} '
+                f'{r.config:30} {r.model:14} {r.recipe:14} {r.t2t_forward_ms:9.1f} '
                 f'{r.t2t_forward_backward_ms:9.1f} {r.t2t_forward_backward_plain_ms:9.1f} '
                 f'{r.t2t_linear_floor_ms:9.1f} {r.t2t_flops_share:11.1%}')
         split = f'{r.linear_ms:.0f}/{r.attention_ms:.0f}/{r.other_ms:.0f}' if r.linear_ms is not None else ''
@@ -471,7 +470,7 @@ def format_table(rows: List[Row]) -> str:
         lines.append(f'{r.config:30} {r.model:32} {r.implementation:31} {r.recipe:14} {r.img_per_s:7.1f} '
                      f'{r.step_ms:7.0f} {r.peak_fraction:7.0%} {split:>20} {t2t:>27}')
     if module_lines:
-        module_header = (f'{"T2T module alone, ms":30} {"model":14} {"recipe":14} {"fwd":>9} {"fwd plain":>9} '
+        module_header = (f'{"T2T module alone, ms":30} {"model":14} {"recipe":14} {"fwd":>9} '
                          f'{"fwd+bwd":>9} {"f+b plain":>9} {"linears":>9} {"FLOP share":>11}')
         lines += ['', module_header, '-' * len(module_header)] + module_lines
     return '\n'.join(lines)

@@ -1,6 +1,7 @@
-"""The T2T module's own time in a benchmark configuration: forward and forward + backward, on the path users run
-and on the plain path (autograd through the soft splits' unfold views, as before `soft_split_adjoint`), timed
-interleaved, beside its floor: the same module's linear layers alone on inputs of their real shapes.
+"""The T2T module's own time in a benchmark configuration: forward, and forward + backward on the path users run and
+on the plain path (autograd through the soft splits' unfold views, as before `soft_split_adjoint`; a forward without
+gradients runs the plain ops on both), timed interleaved, beside its floor: the same module's linear layers alone on
+inputs of their real shapes.
 
 `benchmarks/benchmark.py` calls `module_times` for each T2T-ViT entry it profiles.
 """
@@ -56,8 +57,8 @@ def _linear_floor(module: TokensToToken, x: torch.Tensor, dtype: Optional[torch.
 
 def module_times(model: torch.nn.Module, x: torch.Tensor, autocast_dtype: Optional[torch.dtype],
                  rounds: int = ROUNDS) -> Optional[Dict[str, float]]:
-    """ms of the T2T module of `model` on `x`: forward, forward + backward (gradients of its parameters), each on
-    the path users run and on the plain path, and its linear layers alone; None for a model without one."""
+    """ms of the T2T module of `model` on `x`: forward, forward + backward (gradients of its parameters) on the path
+    users run and on the plain path, and its linear layers alone; None for a model without one."""
     module = getattr(model, 'tokens_to_token', None)
     if not isinstance(module, TokensToToken):
         return None
@@ -76,7 +77,7 @@ def module_times(model: torch.nn.Module, x: torch.Tensor, autocast_dtype: Option
     module.eval()
     try:
         times = _median_ms({
-            'forward': forward, 'forward_plain': _plain_soft_splits(forward),
+            'forward': forward,
             'forward_backward': forward_backward, 'forward_backward_plain': _plain_soft_splits(forward_backward),
             'linear_floor': _linear_floor(module, x, autocast_dtype),
         }, rounds)
