@@ -3,15 +3,19 @@ in one process and one run.
 
 Each configuration is a group of (model, implementation, recipe) entries timed against each other, interleaved round
 by round, so every ratio comes from the same conditions; the median round is reported. The recipes are those of
-`timm_t2t/recipes.py` (fp32, bf16 autocast, bf16 weights, bf16 compiled with inductor freezing, int8 dynamic and
-static quantization); training steps run in fp32 or under bf16 autocast. The competitors: this package's models,
-`benchmarks/reference_t2t.py` (the reference's math, eager), timm's `deit_small_patch16_224` (9.2 GFLOP/image against
-T2T-ViT-14's 9.57) and `vit_little_patch16_reg1_gap_256` (run at 224).
+`timm_t2t/recipes.py` (fp32 eager and compiled with inductor freezing, bf16 autocast, bf16 weights eager and compiled,
+int8 dynamic and static quantization); training steps run in fp32 or under bf16 autocast. The bf16 configurations
+(and the bf16 matmul peak) run only on a CPU that runs bf16 faster than fp32 (`timm_t2t.recipes.bf16_is_faster`):
+elsewhere bf16 is slower than fp32, up to 300x without bf16 kernels. "CPU recipes inference" times every recipe on
+this CPU for T2T-ViT-14 and DeiT-S in one configuration: which is fastest here. The competitors: this package's
+models, `benchmarks/reference_t2t.py` (the reference's math, eager), timm's `deit_small_patch16_224` (9.2 GFLOP/image
+against T2T-ViT-14's 9.57) and `vit_little_patch16_reg1_gap_256` (run at 224).
 
-Reported per entry: img/s, ms per step, FLOPs per image (counted once per model on the eager path), and the
-fraction of the matching matmul peak (fp32, bf16 or int8, each measured in the same run) the step achieves. For the
-configurations the targets are judged on, one profiled step splits the time into matrix multiplications (GEMMs,
-attention's matmuls and kernels, and the rest: a target that needs more than these can give is out of reach.
+Reported per entry: img/s, ms per step, seconds from the model to its first step (compiling, quantizing), FLOPs per
+image (counted once per model on the eager path), and the fraction of the matching matmul peak (fp32, bf16 or int8,
+each measured in the same run) the step achieves. For the configurations the targets are judged on, one profiled step
+splits the time into matrix multiplications (GEMMs, attention's matmuls and kernels, and the rest: a target that
+needs more than these can give is out of reach.
 
     python benchmarks/benchmark.py                 # CPU (and CUDA when present); table, JSON and PNG in benchmarks/results
     python benchmarks/benchmark.py --device cpu --quick
@@ -28,6 +32,7 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -40,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm_t2t  # noqa: E402,F401  registers the models, installed or not
 from benchmarks.machine import cpu_name  # noqa: E402
 from timm_t2t.attention import cpu_kernel_choices  # noqa: E402
-from timm_t2t.recipes import prepare  # noqa: E402
+from timm_t2t.recipes import RecipeUnavailableError, bf16_is_faster, bf16_support, prepare  # noqa: E402
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config  # noqa: E402
 from benchmarks.t2t_module import module_times  # noqa: E402
 
@@ -104,6 +109,7 @@ class Row:
     t2t_forward_backward_ms: Optional[float] = None
     t2t_forward_backward_plain_ms: Optional[float] = None
     t2t_linear_floor_ms: Optional[float] = None
+    setup_s: Optional[float] = None  # from the model to its first step: preparing the recipe (compiling) and the step
 
 
 def _sync(device: torch.device) -> None:
@@ -127,11 +133,12 @@ def time_interleaved(steps: Dict[str, Callable[[], None]], device: torch.device,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def matmul_peaks(device: torch.device, rounds: int = 5) -> Dict[str, float]:
-    """The machine's peaks (FLOP/s): the best large square matmul over sizes and tries, in fp32, bf16 and int8."""
+def matmul_peaks(device: torch.device, rounds: int = 5, bf16: bool = True) -> Dict[str, float]:
+    """The machine's peaks (FLOP/s): the best large square matmul over sizes and tries, in fp32, bf16 (unless told
+    not to) and int8."""
     sizes = (4096, 8192) if device.type == 'cuda' else (2048, 3072)
     peaks = {}
-    for name in ('fp32', 'bf16', 'int8'):
+    for name in ('fp32', 'bf16', 'int8') if bf16 else ('fp32', 'int8'):
         best = 0.
         for n in sizes:
             if name == 'int8':
@@ -288,7 +295,7 @@ def t2t_module_row_fields(model: torch.nn.Module, entry: Entry, config: Config, 
 
 
 def _peak_name(recipe: str) -> str:
-    return 'int8' if recipe.startswith('int8') else ('fp32' if recipe == 'fp32' else 'bf16')
+    return 'int8' if recipe.startswith('int8') else ('fp32' if recipe.startswith('fp32') else 'bf16')
 
 
 def run_config(config: Config, device: torch.device, warmup: int, rounds: int, peaks: Dict[str, float],
@@ -304,19 +311,22 @@ def run_config(config: Config, device: torch.device, warmup: int, rounds: int, p
                 _mark_t2t_module(model)  # (graphs built by torch.compile run without the scope's hooks)
             if device.type == 'cpu':
                 module_fields[entry.key] = t2t_module_row_fields(model, entry, config, device)
+            start = time.perf_counter()
             step = make_step(model, entry, config, device)
             step()  # compiles, quantizes, and finds out whether it fits
-        except ImportError as e:  # int8-static needs torchao
+            _sync(device)
+            setup_s = time.perf_counter() - start
+        except (ImportError, RecipeUnavailableError) as e:  # int8-static needs torchao, compiling a C++ compiler
             _logger.info(f'{config.name}: {entry.key} skipped ({e})')
             continue
         except torch.cuda.OutOfMemoryError:
             _logger.info(f'{config.name}: {entry.key} out of memory')
             torch.cuda.empty_cache()
             continue
-        steps[entry.key] = (entry, step)
-    seconds = time_interleaved({k: s for k, (_, s) in steps.items()}, device, warmup, rounds)
+        steps[entry.key] = (entry, step, setup_s)
+    seconds = time_interleaved({k: s for k, (_, s, _) in steps.items()}, device, warmup, rounds)
     rows = []
-    for key, (entry, step) in steps.items():
+    for key, (entry, step, setup_s) in steps.items():
         flops, t2t_flops_share = flops_cache[(entry.model, entry.implementation == REFERENCE, config.img_size)]
         flops *= 3 if config.task == 'train' else 1  # backward ~ 2x forward
         img_per_s = config.batch_size / seconds[key]
@@ -326,7 +336,7 @@ def run_config(config: Config, device: torch.device, warmup: int, rounds: int, p
             implementation=entry.implementation, recipe=entry.recipe, img_size=config.img_size,
             batch_size=config.batch_size, img_per_s=img_per_s, step_ms=seconds[key] * 1e3,
             gflops_per_img=flops / 1e9, peak=peak, peak_fraction=flops * img_per_s / peaks[peak],
-            t2t_flops_share=t2t_flops_share, **module_fields.get(key, {}))
+            t2t_flops_share=t2t_flops_share, setup_s=setup_s, **module_fields.get(key, {}))
         if config.profile:
             linear, attention, t2t = time_shares(step, device)
             row.linear_ms, row.attention_ms = row.step_ms * linear, row.step_ms * attention
@@ -337,9 +347,14 @@ def run_config(config: Config, device: torch.device, warmup: int, rounds: int, p
     return rows
 
 
-def cpu_configs(quick: bool) -> List[Config]:
+RECIPES_CONFIG = 'CPU recipes inference'
+
+
+def cpu_configs(quick: bool, bf16: bool = True) -> List[Config]:
+    """The CPU configurations; those in bf16 (and the bf16 recipes of RECIPES_CONFIG) only if `bf16`."""
     t2t = 't2t_vit_14'
     b = 4 if quick else 8
+    recipes = ('fp32', 'fp32-compiled', 'int8-dynamic', 'int8-static') + (('bf16', 'bf16-compiled') if bf16 else ())
     configs = [
         Config('fp32 inference', 'infer', 224, b, [
             Entry(t2t), Entry(t2t, REFERENCE), Entry('t2t_vit_t_14'), Entry('t2t_vit_t_14', implementation=REFERENCE),
@@ -356,6 +371,9 @@ def cpu_configs(quick: bool) -> List[Config]:
         Config('int8 inference', 'infer', 224, b, [
             Entry(t2t), Entry(t2t, recipe='int8-dynamic'), Entry(t2t, recipe='int8-static'),
             Entry(DEIT_S, TIMM, 'int8-dynamic'), Entry(DEIT_S, TIMM, 'int8-static')], profile=True),
+        Config(RECIPES_CONFIG, 'infer', 224, b, [
+            Entry(model, implementation, recipe) for model, implementation in ((t2t, OURS), (DEIT_S, TIMM))
+            for recipe in recipes], profile=True),
         Config('bf16 autocast training step', 'train', 224, b, [
             Entry(t2t, recipe='bf16-autocast'), Entry(t2t, REFERENCE, 'bf16-autocast'),
             Entry(DEIT_S, TIMM, 'bf16-autocast'), Entry(VIT_LITTLE, TIMM, 'bf16-autocast')], profile=True),
@@ -367,7 +385,7 @@ def cpu_configs(quick: bool) -> List[Config]:
             Config('fp32 inference at 384', 'infer', 384, 4, [
                 Entry('t2t_vit_t_14'), Entry('t2t_vit_t_14', REFERENCE), Entry(t2t), Entry(t2t, REFERENCE)]),
         ]
-    return configs
+    return configs if bf16 else [c for c in configs if not c.name.startswith('bf16')]
 
 
 def cuda_configs(quick: bool) -> List[Config]:
@@ -456,7 +474,7 @@ def cpu_targets(rows: List[Row]) -> List[dict]:
 
 def format_table(rows: List[Row]) -> str:
     header = f'{"config":30} {"model":32} {"implementation":31} {"recipe":14} {"img/s":>7} {"ms":>7} ' \
-             f'{"of peak":>7} {"linear/attn/rest ms":>20} {"T2T fwd: ms, share (FLOPs)":>27}'
+             f'{"of peak":>7} {"linear/attn/rest ms":>20} {"T2T fwd: ms, share (FLOPs)":>27} {"setup s":>8}'
     lines = [header, '-' * len(header)]
     module_lines = []
     for r in rows:
@@ -468,7 +486,7 @@ def format_table(rows: List[Row]) -> str:
         split = f'{r.linear_ms:.0f}/{r.attention_ms:.0f}/{r.other_ms:.0f}' if r.linear_ms is not None else ''
         t2t = f'{r.t2t_ms:.0f}, {r.t2t_ms / r.step_ms:.0%} ({r.t2t_flops_share:.0%})' if r.t2t_ms is not None else ''
         lines.append(f'{r.config:30} {r.model:32} {r.implementation:31} {r.recipe:14} {r.img_per_s:7.1f} '
-                     f'{r.step_ms:7.0f} {r.peak_fraction:7.0%} {split:>20} {t2t:>27}')
+                     f'{r.step_ms:7.0f} {r.peak_fraction:7.0%} {split:>20} {t2t:>27} {r.setup_s:8.1f}')
     if module_lines:
         module_header = (f'{"T2T module alone, ms":30} {"model":14} {"recipe":14} {"fwd":>9} '
                          f'{"fwd+bwd":>9} {"f+b plain":>9} {"linears":>9} {"FLOP share":>11}')
@@ -476,28 +494,33 @@ def format_table(rows: List[Row]) -> str:
     return '\n'.join(lines)
 
 
-def plot(rows: List[Row], path: Path) -> None:
-    """img/s of T2T-ViT-14 (this package, the reference) and DeiT-S in each CPU recipe, one bar group per config."""
+def plot(rows: List[Row], path: Path, processor: str) -> None:
+    """img/s of T2T-ViT-14 (this package, the reference) and DeiT-S in each CPU recipe, one bar group per config, on
+    the CPU named."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     cpu = [r for r in rows if r.device == 'cpu' and r.img_size == 224 and r.implementation != FUSED_FORCED]
-    groups = list(dict.fromkeys(f'{r.config}\n{r.recipe}' if r.config == 'int8 inference' else r.config for r in cpu))
+    several = {r.config for r in cpu if len({c.recipe for c in cpu if c.config == r.config}) > 1}
+
+    def group_of(r: Row) -> str:  # a configuration of several recipes: a group per recipe
+        return f'{r.config}\n{r.recipe}' if r.config in several else r.config
+    groups = list(dict.fromkeys(group_of(r) for r in cpu))
     series = list(dict.fromkeys(f'{r.model} ({r.implementation})' for r in cpu))
     fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(groups)), 5))
     width = 0.8 / len(series)
     for i, name in enumerate(series):
         xs, ys = [], []
         for j, group in enumerate(groups):
-            match = [r for r in cpu if f'{r.model} ({r.implementation})' == name and
-                     (f'{r.config}\n{r.recipe}' if r.config == 'int8 inference' else r.config) == group]
+            match = [r for r in cpu if f'{r.model} ({r.implementation})' == name and group_of(r) == group]
             if match:
                 xs.append(j + i * width)
                 ys.append(match[0].img_per_s)
         ax.bar(xs, ys, width, label=name)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
     ax.set_xticklabels(groups, fontsize=7)
-    ax.set(ylabel='images / s (batch 8, 224 px)', title='CPU throughput by recipe (same run)')
+    ax.set(ylabel='images / s (batch 8, 224 px)')
+    ax.set_title(f'CPU throughput by recipe (same run)\n{textwrap.fill(processor, 110)}', fontsize=9)
     ax.grid(True, axis='y', alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -520,18 +543,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available()):
         devices.append(torch.device('cuda'))
     warmup, rounds = (1, 3) if args.quick else (2, 9)
+    support = bf16_support()
+    bf16 = bf16_is_faster(support)
     result = dict(torch=torch.__version__, timm=timm.__version__, platform=platform.platform(), cpu=cpu_name(),
-                  threads=torch.get_num_threads(), matmul_peak_gflops={}, rows=[], targets=[],
+                  threads=torch.get_num_threads(), cpu_bf16=dict(dataclasses.asdict(support), faster_than_fp32=bf16),
+                  matmul_peak_gflops={}, rows=[], targets=[],
                   malloc_env={k: v for k, v in os.environ.items() if k.startswith('MALLOC_')})
+    if 'cpu' in [d.type for d in devices] and not bf16:
+        _logger.info(f'This CPU runs bf16 slower than fp32 ({support}): its bf16 configurations are left out.')
     rows: List[Row] = []
     for device in devices:
         if device.type == 'cuda':
             result['gpu'] = torch.cuda.get_device_name(device)
             torch.backends.cuda.matmul.allow_tf32 = False
-        peaks = matmul_peaks(device)
+        peaks = matmul_peaks(device, bf16=bf16 or device.type == 'cuda')
         result['matmul_peak_gflops'][device.type] = {k: v / 1e9 for k, v in peaks.items()}
         _logger.info(f'{device.type} matmul peaks: ' + ', '.join(f'{k} {v / 1e9:.0f}' for k, v in peaks.items()))
-        configs = cpu_configs(args.quick) if device.type == 'cpu' else cuda_configs(args.quick)
+        configs = cpu_configs(args.quick, bf16) if device.type == 'cpu' else cuda_configs(args.quick)
         if args.configs:
             configs = [c for c in configs if any(text in c.name for text in args.configs)]
         flops_cache = {}
@@ -556,7 +584,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         ratio = 'n/a' if t['ratio'] is None else f'{t["ratio"]:.2f}'
         print(f'target {t["target"]}: {ratio} (goal {t["goal"]}): {status}' + (f'; {t["bound"]}' if t['bound'] else ''))
     if devices[0].type == 'cpu':
-        plot(rows, args.out / ('cpu_recipes.png' if args.name is None else f'{args.name}.png'))
+        plot(rows, args.out / ('cpu_recipes.png' if args.name is None else f'{args.name}.png'), result['cpu'])
     print(f'\nwrote {args.out / (name + ".json")}')
 
 

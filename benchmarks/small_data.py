@@ -3,7 +3,8 @@
 scikit-learn ships 1,797 real 8x8 scans of handwritten digits. They are written as an ImageFolder (a stratified
 train/val split with a fixed seed, upscaled to 64 px), and models are trained on them from scratch, with the same
 budget and recipe, by timm's own training parts (create_dataset / create_loader, create_optimizer_v2,
-create_scheduler_v2, ModelEmaV3, bf16 autocast, CheckpointSaver):
+create_scheduler_v2, ModelEmaV3, CheckpointSaver), under bf16 autocast where the CPU runs bfloat16 faster than
+float32 (AMX, AVX512-BF16) and in float32 elsewhere (`--amp` / `--no-amp` decide instead):
 
 - `t2t_vit_7`, a small T2T-ViT, against `deit_tiny_patch16_224`, a plain ViT of similar size (4.0M parameters
   against 5.5M), both at 64 px: the paper's claim as a whole;
@@ -59,6 +60,7 @@ from benchmarks.machine import cpu_name  # noqa: E402
 from timm_t2t import T2TPatchEmbed  # noqa: E402
 from timm_t2t._compat import save_for_hf  # noqa: E402
 from timm_t2t.features import measure_features, resolve_layers  # noqa: E402
+from timm_t2t.recipes import Bf16Support, bf16_is_faster, bf16_support, explain_bf16  # noqa: E402
 
 _logger = logging.getLogger('small_data')
 
@@ -67,6 +69,11 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # ink on paper: centre the gray le
 SPLIT_SEED = 0  # the train/val split, the same for every training seed
 METRICS = ('val_top1', 'val_top1_ema', 'train_seconds')  # summarized over seeds
 FEATURE_METRICS = ('invalid_fraction', 'min_spread_ratio', 'max_peak_ratio', 'effective_rank')  # per layer
+
+
+def amp_by_default() -> bool:
+    """bf16 autocast where this CPU runs bfloat16 faster than float32 (see `timm_t2t.recipes.bf16_is_faster`)."""
+    return bf16_is_faster(bf16_support())
 
 
 @dataclasses.dataclass
@@ -80,7 +87,7 @@ class Recipe:
     warmup_epochs: int = 1
     scale: Tuple[float, float] = (0.8, 1.0)  # random-resized-crop; no flips: digits are not mirror-symmetric
     ema_decay: float = 0.99
-    amp: bool = True  # bf16 autocast
+    amp: bool = dataclasses.field(default_factory=amp_by_default)  # bf16 autocast (else float32)
     seed: int = 0  # training: initialization, augmentation, batch order
 
 
@@ -145,9 +152,9 @@ def _loader(data: Path, split: str, recipe: Recipe, training: bool):
     )
 
 
-def val_loader(data: Path, recipe: Recipe = Recipe(), split: str = 'val'):
+def val_loader(data: Path, recipe: Optional[Recipe] = None, split: str = 'val'):
     """The validation images (or another split's), as the experiment evaluates them: no augmentation."""
-    return _loader(data, split, recipe, training=False)
+    return _loader(data, split, recipe or Recipe(), training=False)
 
 
 def evaluate(model: torch.nn.Module, loader, autocast_dtype: Optional[torch.dtype] = None) -> float:
@@ -168,10 +175,11 @@ def create(run: Run, recipe: Recipe) -> torch.nn.Module:
     return timm.create_model(run.model, img_size=recipe.img_size, num_classes=len(DIGITS), **run.kwargs)
 
 
-def train(run: Run, data: Path, out_dir: Optional[Path], recipe: Recipe = Recipe()) -> Dict[str, Any]:
-    """Train a run from scratch; returns its seed, validation curve, final top-1 (model and EMA) and timings, and
-    leaves timm checkpoints (last and best) in out_dir if one is given. The trained model is returned under
-    'model_obj', its EMA under 'ema_obj'."""
+def train(run: Run, data: Path, out_dir: Optional[Path], recipe: Optional[Recipe] = None) -> Dict[str, Any]:
+    """Train a run from scratch (by default, by the recipe whose precision follows this CPU); returns its seed,
+    validation curve, final top-1 (model and EMA) and timings, and leaves timm checkpoints (last and best) in out_dir
+    if one is given. The trained model is returned under 'model_obj', its EMA under 'ema_obj'."""
+    recipe = recipe or Recipe()
     model = create(run, recipe)
     loader_train, loader_val = _loader(data, 'train', recipe, training=True), val_loader(data, recipe)
     optimizer = create_optimizer_v2(model, opt='adamw', lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -417,6 +425,16 @@ def train_arm(run: Run, data: Path, work_dir: Path, recipe: Recipe, keep_checkpo
     return result
 
 
+def training_precision(amp: Optional[bool], support: Bf16Support) -> Tuple[bool, str]:
+    """Whether to train under bf16 autocast (`amp` as given, or by the CPU's bf16 `support` where None), and a line
+    saying which and why."""
+    if amp is not None:
+        return amp, f'Training in {"bf16 autocast" if amp else "float32"}, as --{"" if amp else "no-"}amp says.'
+    amp = bf16_is_faster(support)
+    precision, other = ('bf16 autocast', 'no-amp for float32') if amp else ('float32', 'amp for bf16 autocast')
+    return amp, f'Training in {precision}: {explain_bf16(support)} (--{other}).'
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
@@ -433,6 +451,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help='training epochs (default: %(default)s)')
     parser.add_argument('--seeds', type=_positive_int, default=3, metavar='N',
                         help='train every model with each of the seeds 0 to N-1 (default: %(default)s)')
+    parser.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
+                        help='train under bf16 autocast (--amp) or in float32 (--no-amp); default: bf16 autocast '
+                             'where this CPU runs bfloat16 faster than float32 (AMX, AVX512-BF16), else float32')
     parser.add_argument('--checkpoints', action='store_true',
                         help="keep timm's training checkpoints of every model and seed under the work folder")
     parser.add_argument('--timm-scripts', type=Path, metavar='DIR',
@@ -451,7 +472,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     _logger.setLevel(logging.INFO)
 
-    base = Recipe(epochs=args.epochs)
+    amp, precision_line = training_precision(args.amp, bf16_support())
+    _logger.info(precision_line)
+    base = Recipe(epochs=args.epochs, amp=amp)
     data = write_digits(args.work_dir / 'data', base.img_size, seed=SPLIT_SEED)
     seeds = list(range(args.seeds))
     results = []
@@ -468,7 +491,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     name = 'small_data_timm_scripts' if args.timm_scripts else 'small_data'
     summary = summarize(results)
     recipe_fields = {key: value for key, value in dataclasses.asdict(base).items() if key != 'seed'}
-    report = dict(recipe=recipe_fields, seeds=seeds, split_seed=SPLIT_SEED, cpu=cpu_name(), torch=torch.__version__,
+    report = dict(recipe=recipe_fields, precision='bf16 autocast' if amp else 'float32',
+                  precision_choice=precision_line, cpu_bf16=dataclasses.asdict(bf16_support()), seeds=seeds,
+                  split_seed=SPLIT_SEED, cpu=cpu_name(), torch=torch.__version__,
                   timm=timm.__version__, threads=torch.get_num_threads(),
                   train_images=sum(1 for _ in (data / 'train').rglob('*.png')),
                   val_images=sum(1 for _ in (data / 'val').rglob('*.png')), summary=summary, results=results)

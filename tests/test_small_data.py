@@ -1,5 +1,6 @@
-"""The small-data experiment on real images: the digits ImageFolder, a T2T-ViT that learns it, and the trained model
-as a folder that timm and the command line load."""
+"""The small-data experiment on real images: the digits ImageFolder, a T2T-ViT that learns it, the trained model as a
+folder that timm and the command line load, and a precision that follows the CPU."""
+import dataclasses
 import filecmp
 import json
 import os
@@ -15,14 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
+import benchmarks.small_data as small_data
 from benchmarks.small_data import (
     DIGITS, FEATURE_METRICS, METRICS, RUNS, Recipe, Run, create, evaluate, export, folder_model_args, format_spread,
-    format_table, summarize, timm_script_args, val_loader, write_digits)
+    format_table, summarize, timm_script_args, training_precision, val_loader, write_digits)
 from benchmarks.small_data import main as small_data_main
 from timm_t2t import T2TPatchEmbed
 from timm_t2t._compat import create_model_from_folder
 from timm_t2t.cli import main as cli_main
 from timm_t2t.predict import image_transform, load_classifier
+from timm_t2t.recipes import Bf16Support, bf16_is_faster, bf16_support
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +46,7 @@ def test_digits_are_written_as_a_stratified_image_folder(tmp_path):
 
 
 def test_t2t_vit_learns_the_digits_from_scratch(digits_model):
+    assert digits_model.recipe.amp == bf16_is_faster(bf16_support())  # bf16 autocast only where it is faster
     result = digits_model.result
     assert result['val_top1'] >= 90.  # ten classes: chance is 10%
     assert result['val_top1_curve'][-1] > result['val_top1_curve'][0]
@@ -125,24 +129,53 @@ def test_a_single_seed_has_no_spread():
 
 
 def test_timm_scripts_train_each_seed_into_its_own_folder_by_the_recipe(tmp_path):
-    recipe = Recipe(seed=2)
+    recipe = Recipe(seed=2, amp=True)
     train_args, validate_args = timm_script_args(RUNS[0], tmp_path / 'data', tmp_path / 'out', recipe)
     option = dict(zip(train_args, train_args[1:]))
     assert option['--seed'] == '2' and option['--experiment'] == 't2t_vit_7-seed2' and option['--device'] == 'cpu'
     assert (option['--epochs'], option['--warmup-epochs'], option['--lr']) == ('6', '1', '0.001')
-    assert option['--model-kwargs'] == 'img_size=64' and option['--amp-dtype'] == 'bfloat16'
+    assert option['--model-kwargs'] == 'img_size=64' and train_args[-3:] == ['--amp', '--amp-dtype', 'bfloat16']
+    in_fp32, _ = timm_script_args(RUNS[0], tmp_path / 'data', tmp_path / 'out', Recipe(seed=2, amp=False))
+    assert in_fp32 == train_args[:-3]
     option = dict(zip(validate_args, validate_args[1:]))
     assert option['--checkpoint'] == str(tmp_path / 'out' / 't2t_vit_7-seed2' / 'last.pth.tar')
     assert option['--device'] == 'cpu' and option['--results-file'] == str(tmp_path / 'out' / 't2t_vit_7-seed2-val.json')
 
 
 def test_readme_trains_the_digits_with_timm_scripts_by_the_recorded_recipe():
+    """The command in float32, which runs on every CPU, and the flags to add where bf16 is faster."""
     readme = (REPO / 'README.md').read_text()
     command = re.search(r'^python train\.py \$DIGITS .*?[^\\]$', readme, flags=re.MULTILINE | re.DOTALL).group(0)
     words = shlex.split(command.replace('\\\n', ' '))
     option = dict(zip(words, words[1:]))
-    expected, _ = timm_script_args(RUNS[0], Path('$DIGITS'), Path(option['--output']), Recipe())
-    assert words[2:] == expected
+    in_fp32, _ = timm_script_args(RUNS[0], Path('$DIGITS'), Path(option['--output']), Recipe(amp=False))
+    in_bf16, _ = timm_script_args(RUNS[0], Path('$DIGITS'), Path(option['--output']), Recipe(amp=True))
+    assert words[2:] == in_fp32 and in_bf16[:len(in_fp32)] == in_fp32
+    after = readme[readme.index(command) + len(command):]
+    assert f'add `{" ".join(in_bf16[len(in_fp32):])}`' in after[:after.index('\n\n', 5)]
+
+
+CPUS = {  # as torch reports them; the matmul speed-ups as measured (see tests/test_recipes.py)
+    'AMX': Bf16Support(kernels=True, instructions=True, matmul_speedup=4.5),
+    'AVX512-BF16': Bf16Support(kernels=True, instructions=True, matmul_speedup=2.4),
+    'AVX2 only': Bf16Support(kernels=False, instructions=False),
+}
+
+
+@pytest.mark.parametrize('cpu, amp', [('AMX', True), ('AVX512-BF16', True), ('AVX2 only', False)])
+def test_the_recipe_trains_in_bf16_only_where_the_cpu_runs_it_faster(monkeypatch, cpu, amp):
+    monkeypatch.setattr(small_data, 'bf16_support', lambda: CPUS[cpu])
+    assert Recipe().amp is amp and Recipe(amp=not amp).amp is not amp
+    chosen, line = training_precision(None, CPUS[cpu])
+    assert chosen is amp
+    if amp:
+        assert line == (f'Training in bf16 autocast: this CPU runs a bfloat16 matmul {CPUS[cpu].matmul_speedup:.1f}x '
+                        f'as fast as float32 (--no-amp for float32).')
+    else:
+        assert line == ('Training in float32: torch has no bfloat16 kernels for this CPU (on x86 they need AVX-512, '
+                        'on Arm BF16): bfloat16 would run many times slower than float32 (--amp for bf16 autocast).')
+    assert training_precision(True, CPUS[cpu]) == (True, 'Training in bf16 autocast, as --amp says.')
+    assert training_precision(False, CPUS[cpu]) == (False, 'Training in float32, as --no-amp says.')
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -163,19 +196,21 @@ small_data.RUNS[:] = [
     small_data.Run('tiny T2T', 't2t_vit_7', dict(depth=1, embed_dim=32, num_heads=1, token_dim=16)),
     small_data.Run('tiny ViT', 'deit_tiny_patch16_224', dict(depth=1, embed_dim=32, num_heads=1)),
 ]
-small_data.main(['--work-dir', {work!r}, '--seeds', '2', '--epochs', '1'])
+small_data.main(['--work-dir', {work!r}, '--seeds', '2', '--epochs', '1', '--no-amp'])
 """
 
 
 def test_every_model_is_trained_for_every_seed_and_summarized(tmp_path):
-    """Two tiny models, two seeds, one epoch, in a fresh interpreter whose matplotlib builds its font cache."""
+    """Two tiny models, two seeds, one epoch, in float32 whatever the CPU, in a fresh interpreter whose matplotlib
+    builds its font cache."""
     work = tmp_path / 'work'
     env = {**os.environ, 'PYTHONPATH': str(REPO), 'MPLCONFIGDIR': str(tmp_path / 'matplotlib')}
     done = subprocess.run([sys.executable, '-c', TINY_RUNS.format(work=str(work))], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / 'matplotlib').is_dir()  # matplotlib built its font cache there, and said nothing of it
-    progress = done.stderr.splitlines()
+    precision, *progress = done.stderr.splitlines()
+    assert precision == 'Training in float32, as --no-amp says.'
     assert [line.split(':')[0] for line in progress] == [
         f'tiny {arm} seed {seed} epoch 1/1' for seed in (0, 1) for arm in ('T2T', 'ViT')]
     assert all(re.fullmatch(r'.*: loss \d\.\d{3}, val top-1 \d+\.\d%', line) for line in progress)
@@ -183,6 +218,12 @@ def test_every_model_is_trained_for_every_seed_and_summarized(tmp_path):
     report = json.loads((work / 'small_data.json').read_text())
     assert report['seeds'] == [0, 1] and report['split_seed'] == 0 and 'seed' not in report['recipe']
     assert report['recipe']['epochs'] == 1 and report['train_images'] == 1437 and report['val_images'] == 360
+    assert report['recipe']['amp'] is False and report['precision'] == 'float32'
+    assert report['precision_choice'] == precision
+    support = dataclasses.asdict(bf16_support())  # the matmul speed-up is measured again in that interpreter
+    assert {k: v for k, v in report['cpu_bf16'].items() if k != 'matmul_speedup'} == {
+        k: v for k, v in support.items() if k != 'matmul_speedup'}
+    assert (report['cpu_bf16']['matmul_speedup'] is None) == (support['matmul_speedup'] is None)
     results = report['results']
     assert [(r['label'], r['seed']) for r in results] == [
         ('tiny T2T', 0), ('tiny ViT', 0), ('tiny T2T', 1), ('tiny ViT', 1)]

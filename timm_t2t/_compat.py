@@ -25,7 +25,7 @@ from timm.models.vision_transformer import LayerScale
 __all__ = [
     'TIMM_VERSION', 'Block', 'calculate_drop_path_rates', 'checkpoint', 'checkpoint_seq', 'create_model_from_folder',
     'get_device_dtype', 'has_model_traits', 'is_autocast_available', 'load_state_dict', 'make_layer', 'register_notrace_function',
-    'register_load_state_dict_pre_hook', 'save_for_hf', 'update_model_input_size',
+    'register_load_state_dict_pre_hook', 'save_for_hf', 'update_model_input_size', 'x86_has_bf16_instructions',
 ]
 
 
@@ -181,6 +181,13 @@ def is_autocast_available(device_type: str) -> bool:
     if hasattr(torch.amp, 'is_autocast_available'):
         return torch.amp.is_autocast_available(device_type)
     return device_type in ('cpu', 'cuda', 'xpu', 'hpu')
+
+
+def x86_has_bf16_instructions() -> Optional[bool]:
+    """Whether this x86 CPU has AVX512-BF16 or AMX, as cpuinfo reports them (`torch.cpu`'s checks from torch 2.3);
+    None before those existed."""
+    checks = [getattr(torch.cpu, name, None) for name in ('_is_avx512_bf16_supported', '_is_amx_tile_supported')]
+    return None if None in checks else any(check() for check in checks)
 
 
 def register_load_state_dict_pre_hook(module: nn.Module, hook: Callable) -> Any:

@@ -29,7 +29,8 @@ _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
 
 Run `timm-t2t COMMAND --help` for a command's options.
 """
-_PRECISIONS = ('fp32', 'bf16', 'int8')  # timm_t2t.predict.PRECISIONS, named here without importing torch
+# timm_t2t.predict.PRECISIONS, named here without importing torch
+_PRECISIONS = ('fp32', 'fp32-compiled', 'bf16', 'bf16-compiled', 'int8', 'int8-static')
 _REINSTALL_TORCH = ('reinstall both in one pip command, from one index, e.g. pip install --upgrade torch torchvision '
                     '(add the --index-url they should both come from, if any)')
 _OFFLINE_ADVICE = ('Pass weights you have with --weights FILE, or train a digits model offline in a checkout of '
@@ -133,9 +134,14 @@ def _add_classify(subparsers) -> None:
     parser.add_argument('--batch-size', type=_positive_int, default=16,
                         help='images per forward pass (default: %(default)s)')
     parser.add_argument('--precision', choices=_PRECISIONS, default='fp32',
-                        help='fp32: the model as it is (exact; the default); bf16: bfloat16 weights, eager (2.4x fp32 '
-                             'in README\'s recorded CPU run, logits within ~0.1); int8: dynamic int8 quantization of '
-                             'the Linear layers (2.0x in an earlier run, logits within ~0.3, no calibration images)')
+                        help='fp32: the model as it is (exact; the default); bf16: bfloat16 weights (logits within '
+                             '~0.1; needs AVX-512 or AMX); int8: dynamic int8 quantization of the Linear layers '
+                             '(logits within ~0.3); fp32-compiled, bf16-compiled and int8-static (int8 activations '
+                             'calibrated on the first batch; needs torchao) are compiled before the first image '
+                             '(14-27 s for T2T-ViT-14 on 2 cores). Fastest for T2T-ViT-14, against fp32 in the same '
+                             'run (README, "What to use on a CPU"): with AMX bf16-compiled 3.6x (bf16 2.9x); with '
+                             'AVX512-BF16 bf16 2.4x (int8-static 2.3x, an earlier run); AVX2 only (emulated): '
+                             'int8-static 1.44x, int8 1.35x, fp32-compiled 1.08x')
     parser.add_argument('--output', type=Path, help='also write the predictions to this .csv or .json file (good '
                         'images only, when some cannot be read)')
     parser.add_argument('--no-progress', dest='progress', action='store_false',

@@ -7,8 +7,10 @@
         ...
 
 `precision` picks one of the CPU recipes of `timm_t2t.recipes` (PRECISIONS says which): fp32 runs the model as it
-is; bf16 runs bfloat16 weights eagerly (the fastest float recipe measured, with no compile wait); int8 quantizes the
-Linear layers dynamically (no calibration images, no torchao and no compile wait, where static int8 needs all three).
+is; bf16 runs bfloat16 weights eagerly; int8 quantizes the Linear layers dynamically (no calibration images, no torchao
+and no compile wait). The compiled ones (`fp32-compiled`, `bf16-compiled`, and `int8-static`, calibrated on the first
+batch and needing torchao) compile for the first batch before any image is classified. Which is fastest depends on
+the CPU: README's "What to use on a CPU".
 """
 import csv
 import dataclasses
@@ -44,7 +46,8 @@ _logger = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 # the recipe of timm_t2t.recipes each precision runs
-PRECISIONS = {'fp32': 'fp32', 'bf16': 'bf16', 'int8': 'int8-dynamic'}
+PRECISIONS = {'fp32': 'fp32', 'fp32-compiled': 'fp32-compiled', 'bf16': 'bf16', 'bf16-compiled': 'bf16-compiled',
+              'int8': 'int8-dynamic', 'int8-static': 'int8-static'}
 
 
 class DataConfigError(ValueError):

@@ -5,6 +5,7 @@
     logits = predict(images)
 
 - `fp32`: the model as it is, eager.
+- `fp32-compiled`: float32, `torch.compile` with inductor freezing (weights folded and prepacked).
 - `bf16-autocast`: eager under `torch.autocast('cpu', torch.bfloat16)`.
 - `bf16`: weights and inputs in bfloat16 (`model.to(torch.bfloat16)`), eager.
 - `bf16-compiled`: bf16 weights, `torch.compile` with inductor freezing (weights folded and prepacked).
@@ -17,26 +18,40 @@
 A recipe the machine cannot run (no bfloat16 support in the CPU, no torchao, no C++ compiler for `torch.compile`)
 raises `RecipeUnavailableError` saying why and what to do; `check_recipe` asks before any model is built. The tests
 run every recipe on a trained model and bound its logits and accuracy against fp32; the benchmark times them.
+
+Whether bfloat16 is worth using at all depends on the CPU: `bf16_is_faster(bf16_support())` says whether this one
+runs bfloat16 faster than float32, which decides the default precision of training and timing in this repository
+(the digits experiment, its test fixture, the benchmark).
 """
 import copy
+import dataclasses
+import functools
 import importlib.util
 import logging
 import os
+import platform
 import shutil
+import time
 import warnings
 from typing import Callable, Iterable, Optional
 
 import torch
 
-__all__ = ['RECIPES', 'Predict', 'RecipeUnavailableError', 'check_recipe', 'prepare']
+from ._compat import x86_has_bf16_instructions
+
+__all__ = [
+    'RECIPES', 'Bf16Support', 'Predict', 'RecipeUnavailableError', 'bf16_is_faster', 'bf16_support', 'check_recipe',
+    'explain_bf16', 'prepare',
+]
 
 _logger = logging.getLogger(__name__)
 
-RECIPES = ('fp32', 'bf16-autocast', 'bf16', 'bf16-compiled', 'int8-dynamic', 'int8-static')
+RECIPES = ('fp32', 'fp32-compiled', 'bf16-autocast', 'bf16', 'bf16-compiled', 'int8-dynamic', 'int8-static')
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 _DESCRIPTIONS = {
     'fp32': 'float32 weights and activations, eager',
+    'fp32-compiled': 'float32 weights and activations, torch.compile with inductor freezing',
     'bf16-autocast': 'float32 weights, matrix products in bfloat16 under torch.autocast, eager',
     'bf16': 'bfloat16 weights and inputs, eager',
     'bf16-compiled': 'bfloat16 weights and inputs, torch.compile with inductor freezing',
@@ -55,6 +70,83 @@ class RecipeUnavailableError(RuntimeError):
 def _cpu_has_bf16() -> bool:
     """Whether torch's oneDNN has bfloat16 kernels for this CPU (AVX-512 or AMX on x86, BF16 on Arm)."""
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+# bf16 must beat fp32 by this much in a bare matmul to be chosen: autocast also converts weights and activations on
+# every call, which a smaller gain does not pay for
+MIN_BF16_MATMUL_SPEEDUP = 1.25
+
+
+@dataclasses.dataclass(frozen=True)
+class Bf16Support:
+    """What decides whether a CPU runs bfloat16 faster than float32 (see `bf16_is_faster`)."""
+    kernels: bool  # torch's oneDNN runs bfloat16 here (False on AVX2-only x86, or with ONEDNN_MAX_CPU_ISA below it)
+    instructions: bool  # the CPU computes in bfloat16: AVX512-BF16 or AMX on x86 (Arm: implied by `kernels`)
+    matmul_speedup: Optional[float] = None  # bf16 over fp32 matmul throughput, measured; None where not measured
+
+
+def bf16_is_faster(support: Bf16Support) -> bool:
+    """Whether a CPU with this support runs bfloat16 faster than float32: it needs torch's bf16 kernels, bf16
+    arithmetic in the CPU, and a measured bf16 matmul at least `MIN_BF16_MATMUL_SPEEDUP` times fp32's.
+
+    Each condition alone is wrong somewhere. Without the kernels (AVX2-only x86: AMD EPYC before Zen 4, most Intel
+    desktop and laptop chips), bf16 runs in reference loops, 100 to 300 times slower than fp32. With the kernels but
+    no bf16 arithmetic (AVX-512 without AVX512-BF16: Skylake to Ice Lake Xeons), oneDNN converts to fp32 and computes
+    there: ~0.2x fp32 (measured with oneDNN capped at AVX512_CORE on a Sapphire Rapids Xeon). And the instructions can
+    be there yet slower than fp32's AVX-512 path (oneDNN capped at AVX512_CORE_BF16 on that Xeon: ~0.6x), so the
+    timing settles it; it costs a few milliseconds, once per process. Measured where all three hold: 3 to 4.5x with
+    AMX (that Xeon, 512 x 512), 2.4x with AVX512-BF16 (AMD EPYC Zen 4, the matmul peaks of
+    benchmarks/results/benchmark_cpu_bf16.json).
+    """
+    return (support.kernels and support.instructions and support.matmul_speedup is not None
+            and support.matmul_speedup >= MIN_BF16_MATMUL_SPEEDUP)
+
+
+def explain_bf16(support: Bf16Support) -> str:
+    """Why a CPU with this support runs bfloat16 faster than float32, or not, in a few words."""
+    if not support.kernels:
+        return ('torch has no bfloat16 kernels for this CPU (on x86 they need AVX-512, on Arm BF16): bfloat16 would '
+                'run many times slower than float32')
+    if not support.instructions:
+        return 'this CPU has no bfloat16 arithmetic (AVX512-BF16 or AMX): bfloat16 would run slower than float32'
+    if bf16_is_faster(support):
+        return f'this CPU runs a bfloat16 matmul {support.matmul_speedup:.1f}x as fast as float32'
+    return (f'this CPU runs a bfloat16 matmul only {support.matmul_speedup:.2f}x as fast as float32 (bfloat16 pays '
+            f'from {MIN_BF16_MATMUL_SPEEDUP}x)')
+
+
+def _cpu_has_bf16_instructions() -> bool:
+    """AVX512-BF16 or AMX on x86. Elsewhere, and with a torch too old to ask (before 2.3), True: on Arm torch's
+    kernel check already requires the BF16 extension, and the matmul timing decides the rest."""
+    if platform.machine().lower() not in ('x86_64', 'amd64', 'i386', 'i686'):
+        return True
+    has = x86_has_bf16_instructions()
+    return True if has is None else has
+
+
+def _bf16_matmul_speedup(size: int = 512, tries: int = 5) -> float:
+    """fp32 time over bf16 time of a square matmul, each the best of `tries`, interleaved (a few ms where bf16 has
+    kernels and instructions, the only place it is measured)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    pairs = {torch.float32: (a, b), torch.bfloat16: (a.bfloat16(), b.bfloat16())}
+    best = dict.fromkeys(pairs, float('inf'))
+    for _ in range(tries + 1):  # the first round warms up
+        for dtype, (x, y) in pairs.items():
+            start = time.perf_counter()
+            x @ y
+            best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_support() -> Bf16Support:
+    """This CPU's bfloat16 support as torch sees it, with the matmul timed where kernels and instructions are both
+    there (once per process)."""
+    kernels, instructions = _cpu_has_bf16(), _cpu_has_bf16_instructions()
+    speedup = _bf16_matmul_speedup() if kernels and instructions else None
+    support = Bf16Support(kernels, instructions, speedup)
+    _logger.info(f'bfloat16 on this CPU: {support}; faster than float32: {bf16_is_faster(support)}.')
+    return support
 
 
 def _import_pt2e():
@@ -102,6 +194,8 @@ def _freezing():
 
 
 def _compiled(model: torch.nn.Module, example: torch.Tensor, recipe: str) -> Predict:
+    """The model compiled for the example's shape; a smaller batch is padded to it rather than compiled again (which
+    takes as long as the first compile: tens of seconds on a small CPU)."""
     compiled = torch.compile(model)
     try:
         with torch.no_grad(), _freezing():
@@ -113,8 +207,11 @@ def _compiled(model: torch.nn.Module, example: torch.Tensor, recipe: str) -> Pre
             f'{recipe}: torch.compile failed on this machine ({type(e).__name__}: {first_line}){advice}.') from e
 
     def predict(x: torch.Tensor) -> torch.Tensor:
+        count = len(x)
+        if count < len(example) and x.shape[1:] == example.shape[1:]:
+            x = torch.cat([x, x.new_zeros(len(example) - count, *x.shape[1:])])
         with torch.no_grad(), _freezing():
-            return compiled(x.to(example.dtype)).float()
+            return compiled(x.to(example.dtype)).float()[:count]
     return predict
 
 
@@ -145,7 +242,8 @@ def prepare(
     Args:
         model: The model; it is not modified.
         recipe: One of RECIPES.
-        example: An input batch of the shape the predict function will see (compiled recipes are built for it).
+        example: An input batch of the shape the predict function will see (compiled recipes are built for it,
+            and pad smaller batches to it).
         calibration: Batches of representative images for int8-static calibration (default: the example).
 
     Raises:
@@ -158,6 +256,8 @@ def prepare(
     model = copy.deepcopy(model).eval()
     if recipe == 'fp32':
         return lambda x: _no_grad(model, x)
+    if recipe == 'fp32-compiled':
+        return _compiled(model, example, recipe)
     if recipe == 'bf16-autocast':
         def predict(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
