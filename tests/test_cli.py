@@ -192,6 +192,10 @@ def test_usage_errors_are_one_line(images, capsys):
     ('nonsense', "Unknown model 'nonsense'; `timm-t2t list` shows the T2T-ViT variants."),
     ('t2t_vit_14.bogus', "t2t_vit_14 has no pretrained tag 'bogus' (its tags: in1k, in1k_384, in1k_ft_cifar10, "
                          "in1k_ft_cifar100)."),
+    ('resnet50', "'resnet50' is a timm model but not a T2T-ViT; `timm-t2t list` shows the T2T-ViT variants "
+                 "(`timm-t2t features` takes any timm model)."),
+    ('tests', 'tests is a path, not a model name (classify and features take a model folder or checkpoint with '
+              '--weights).'),
 ])
 def test_info_names_unknown_models_and_tags(name, message):
     assert _error_line('info', name).endswith(message)

@@ -5,6 +5,7 @@ torch's FlopCounterMode at the variant's default input size. The paper's numbers
 for the configurations they describe.
 """
 import dataclasses
+from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import timm
@@ -70,6 +71,12 @@ def check_model_name(name: str) -> None:
     """Raise ValueError naming the problem unless `name` is a T2T-ViT entry point, with a pretrained tag it has."""
     architecture, _, tag = name.partition('.')
     if architecture not in timm.list_models('t2t_vit*'):
+        if Path(name).exists():
+            raise ValueError(f'{name} is a path, not a model name (classify and features take a model folder or '
+                             f'checkpoint with --weights).')
+        if architecture in timm.list_models():
+            raise ValueError(f'{architecture!r} is a timm model but not a T2T-ViT; `timm-t2t list` shows the T2T-ViT '
+                             f'variants (`timm-t2t features` takes any timm model).')
         raise ValueError(f'Unknown model {architecture!r}; `timm-t2t list` shows the T2T-ViT variants.')
     tagged = timm.list_pretrained(f'{architecture}.*')
     if tag and f'{architecture}.{tag}' not in tagged:

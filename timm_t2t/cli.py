@@ -35,7 +35,7 @@ _REINSTALL_TORCH = ('reinstall both in one pip command, from one index, e.g. pip
                     '(add the --index-url they should both come from, if any)')
 _OFFLINE_ADVICE = ('Pass weights you have with --weights FILE, or train a digits model offline in a checkout of '
                    'timm-t2t (pip install -e ".[bench]" && python benchmarks/small_data.py --seeds 1, a few minutes) '
-                   'and classify digit images with --weights runs/digits/t2t_vit_7.')
+                   'and use it on digit images with --weights runs/digits/t2t_vit_7.')
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -516,6 +516,10 @@ def _quiet_libraries(verbose: bool) -> None:
     """The command's own messages once, on stderr; the libraries' deprecation notices not at all."""
     warnings.filterwarnings('ignore', category=FutureWarning)
     warnings.filterwarnings('ignore', category=DeprecationWarning)
+    if not verbose:  # what compiling and quantizing print on a CPU-only machine: torch's and torchao's, not ours
+        warnings.filterwarnings('ignore', module=r'torch\._inductor\.')
+        for name in ('torch.utils.cpp_extension', 'torch.utils._pytree'):
+            logging.getLogger(name).setLevel(logging.ERROR)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter('%(message)s'))
     handler.set_name('timm-t2t command')
