@@ -36,6 +36,7 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
+from unittest import mock
 
 import timm
 import torch
@@ -45,9 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm_t2t  # noqa: E402,F401  registers the models, installed or not
 from benchmarks.machine import cpu_name  # noqa: E402
 from timm_t2t.attention import cpu_kernel_choices  # noqa: E402
+from timm_t2t import tokens_to_token  # noqa: E402
+from timm_t2t.tokens_to_token import TokensToToken  # noqa: E402
 from timm_t2t.recipes import RecipeUnavailableError, bf16_is_faster, bf16_support, prepare  # noqa: E402
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config  # noqa: E402
-from benchmarks.t2t_module import module_times  # noqa: E402
 
 _logger = logging.getLogger('benchmark')
 
@@ -103,7 +105,7 @@ class Row:
     other_ms: Optional[float] = None
     t2t_ms: Optional[float] = None  # the T2T module's forward (its backward is not in the profiler's scope)
     t2t_flops_share: Optional[float] = None  # the T2T module's share of the model's FLOPs
-    # the T2T module timed on its own (benchmarks/t2t_module.py): forward, forward + backward on the path users run
+    # the T2T module timed on its own (module_times): forward, forward + backward on the path users run
     # and on the plain path (autograd through the soft splits' unfold views), and its linear layers alone
     t2t_forward_ms: Optional[float] = None
     t2t_forward_backward_ms: Optional[float] = None
@@ -280,11 +282,74 @@ def time_shares(step: Callable[[], None], device: torch.device) -> Tuple[float, 
     return linear / total, attention / total, (t2t[0] / total if t2t else None)
 
 
+# The T2T module timed on its own: forward, and forward + backward on the path users run and on the plain path
+# (autograd through the soft splits' unfold views, as before `soft_split_adjoint`; a forward without gradients runs the
+# plain ops on both), beside its floor: the same module's linear layers alone on inputs of their real shapes.
+
+_MODULE_ROUNDS = 7
+
+
+def _plain_soft_splits(fn: Callable[[], None]) -> Callable[[], None]:
+    def run():
+        with mock.patch.object(tokens_to_token, '_soft_split_op', None):
+            fn()
+    return run
+
+
+def _linear_floor(module: TokensToToken, x: torch.Tensor, dtype: Optional[torch.dtype]) -> Callable[[], None]:
+    """Every linear layer of the module once, on a random input of the shape it sees for `x`."""
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append((m, i[0].shape)))
+             for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad(), _autocast(x.device, dtype):
+        module(x)
+    for hook in hooks:
+        hook.remove()
+    inputs = [(m, torch.randn(shape, device=x.device, dtype=dtype or m.weight.dtype)) for m, shape in shapes]
+
+    def run():
+        with torch.no_grad(), _autocast(x.device, dtype):
+            for linear, data in inputs:
+                linear(data)
+    return run
+
+
+def module_times(model: torch.nn.Module, x: torch.Tensor, autocast_dtype: Optional[torch.dtype],
+                 rounds: int = _MODULE_ROUNDS) -> Optional[Dict[str, float]]:
+    """ms of the T2T module of `model` on `x`: forward, forward + backward (gradients of its parameters) on the path
+    users run and on the plain path, and its linear layers alone; None for a model without one."""
+    module = getattr(model, 'tokens_to_token', None)
+    if not isinstance(module, TokensToToken):
+        return None
+    training = module.training
+
+    def forward():
+        with torch.no_grad(), _autocast(x.device, autocast_dtype):
+            module(x)
+
+    def forward_backward():
+        with _autocast(x.device, autocast_dtype):
+            tokens = module(x)[0]
+        tokens.float().sum().backward()
+
+    module.eval()
+    try:
+        seconds = time_interleaved({
+            'forward': forward,
+            'forward_backward': forward_backward, 'forward_backward_plain': _plain_soft_splits(forward_backward),
+            'linear_floor': _linear_floor(module, x, autocast_dtype),
+        }, x.device, warmup=1, rounds=rounds)
+    finally:
+        module.train(training)
+        module.zero_grad(set_to_none=True)
+    return {name: value * 1e3 for name, value in seconds.items()}
+
+
 _MODULE_RECIPES = ('fp32', 'bf16', 'bf16-autocast')  # eager recipes whose T2T module is timed on its own
 
 
 def t2t_module_row_fields(model: torch.nn.Module, entry: Entry, config: Config, device: torch.device) -> Dict:
-    """The T2T module's own times for an eager entry of this package (see benchmarks/t2t_module.py)."""
+    """The T2T module's own times for an eager entry of this package (see `module_times`)."""
     if entry.implementation != OURS or entry.recipe not in _MODULE_RECIPES:
         return {}
     x = torch.randn(config.batch_size, 3, config.img_size, config.img_size, device=device)

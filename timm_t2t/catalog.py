@@ -17,7 +17,10 @@ from .blocks import Transition
 from .hub import cached_weights, is_commit, release_records
 from .t2t_vit import RELEASE_DIGESTS
 
-__all__ = ['PAPER_MODEL_STATS', 'PAPER_TOP1', 'ModelStats', 'check_model_name', 'describe_model', 'measure', 'variants']
+__all__ = [
+    'PAPER_MODEL_STATS', 'PAPER_TOP1', 'ModelStats', 'check_model_name', 'check_pretrained_tag', 'describe_model',
+    'measure', 'variants',
+]
 
 # Paper numbers: (params in millions, GMACs at 224) per architecture, top-1 per released checkpoint.
 PAPER_MODEL_STATS = {
@@ -78,6 +81,12 @@ def check_model_name(name: str) -> None:
             raise ValueError(f'{architecture!r} is a timm model but not a T2T-ViT; `timm-t2t list` shows the T2T-ViT '
                              f'variants (`timm-t2t features` takes any timm model).')
         raise ValueError(f'Unknown model {architecture!r}; `timm-t2t list` shows the T2T-ViT variants.')
+    check_pretrained_tag(architecture, tag)
+
+
+def check_pretrained_tag(architecture: str, tag: str) -> None:
+    """Raise ValueError naming the tags there are unless a registered architecture has the pretrained `tag` (or no
+    tag is asked for)."""
     tagged = timm.list_pretrained(f'{architecture}.*')
     if tag and f'{architecture}.{tag}' not in tagged:
         tags = ', '.join(t.split('.', 1)[1] for t in tagged) or 'none'

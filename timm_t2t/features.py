@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .catalog import check_pretrained_tag
+from .checkpoint import CheckpointMismatchError, describe_mismatch
 from .hub import read_checkpoint
 from .predict import load_classifier
-from .checkpoint import CheckpointMismatchError, describe_mismatch
 
 __all__ = [
     'DEFAULT_LAYER_COUNT', 'FLAT_SPREAD', 'OUTLYING_PEAK', 'LayerMaps', 'LayerReport', 'LayerStatistics', 'Panel',
@@ -68,13 +69,10 @@ def _check_timm_name(name: str) -> None:
     """Raise ValueError naming the problem unless `name` is a timm model with pretrained weights (of its tag)."""
     architecture, _, tag = name.partition('.')
     _check_architecture(architecture)
-    tagged = timm.list_pretrained(f'{architecture}.*')
-    if not tagged:
+    if not timm.list_pretrained(f'{architecture}.*'):
         raise ValueError(f'{architecture} has no pretrained weights in timm: give a checkpoint or model folder with '
                          f'--weights.')
-    if tag and name not in tagged:
-        tags = ', '.join(t.split('.', 1)[1] for t in tagged)
-        raise ValueError(f'{architecture} has no pretrained tag {tag!r} (its tags: {tags}).')
+    check_pretrained_tag(architecture, tag)
 
 
 def _model_from_timm_checkpoint(name: str, path: Path) -> nn.Module:

@@ -29,11 +29,11 @@ from torch import nn
 
 from ._compat import create_model_from_folder
 from .catalog import check_model_name
+from .checkpoint import CheckpointMismatchError, check_t2t_checkpoint, normalize_state_dict
 from .hub import InvalidCheckpointError, read_checkpoint
 from .images import find_images, read_image
 from .patch_embed import T2TPatchEmbed
 from .recipes import prepare
-from .checkpoint import CheckpointMismatchError, check_t2t_checkpoint, normalize_state_dict
 from .t2t_vit import model_args_from_state_dict
 
 __all__ = [
