@@ -45,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm_t2t  # noqa: E402,F401  registers the models, installed or not
 from benchmarks.machine import cpu_name  # noqa: E402
+from timm_t2t.allocator import keep_freed_memory, user_allocator_settings  # noqa: E402
 from timm_t2t.attention import cpu_kernel_choices  # noqa: E402
 from timm_t2t import tokens_to_token  # noqa: E402
 from timm_t2t.tokens_to_token import TokensToToken  # noqa: E402
@@ -601,8 +602,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--configs', nargs='+', metavar='TEXT',
                         help='run only the configurations whose name contains one of these (e.g. "bf16 weights")')
     parser.add_argument('--name', help='base name of the JSON and PNG (default: benchmark, benchmark_cuda)')
+    parser.add_argument('--default-malloc', action='store_true',
+                        help="leave glibc's malloc thresholds as they are, as in a library user's process (by "
+                             'default the benchmark raises them, as the timm-t2t command does: timm_t2t.allocator)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    kept_freed_memory = False if args.default_malloc else keep_freed_memory()
 
     devices = [torch.device('cpu')] if args.device in ('auto', 'cpu') else []
     if args.device == 'cuda' or (args.device == 'auto' and torch.cuda.is_available()):
@@ -613,7 +618,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     result = dict(torch=torch.__version__, timm=timm.__version__, platform=platform.platform(), cpu=cpu_name(),
                   threads=torch.get_num_threads(), cpu_bf16=dict(dataclasses.asdict(support), faster_than_fp32=bf16),
                   matmul_peak_gflops={}, rows=[], targets=[],
-                  malloc_env={k: v for k, v in os.environ.items() if k.startswith('MALLOC_')})
+                  malloc_env={k: v for k, v in os.environ.items() if k.startswith('MALLOC_')},
+                  allocator=dict(kept_freed_memory=kept_freed_memory, user_settings=user_allocator_settings()))
     if 'cpu' in [d.type for d in devices] and not bf16:
         _logger.info(f'This CPU runs bf16 slower than fp32 ({support}): its bf16 configurations are left out.')
     rows: List[Row] = []

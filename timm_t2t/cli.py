@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from . import allocator
+
 __all__ = ['main']
 
 _logger = logging.getLogger(__name__)
@@ -543,6 +545,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     _add_features(subparsers)
     args = parser.parse_args(argv)
     _quiet_libraries(args.verbose)
+    allocator.keep_freed_memory()  # this process is the command's: see timm_t2t.allocator
     try:
         _COMMANDS[args.command](args)
     except (OSError, ValueError, RuntimeError) as e:  # expected failures: one line, no traceback
