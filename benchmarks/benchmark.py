@@ -326,11 +326,11 @@ def module_times(model: torch.nn.Module, x: torch.Tensor, autocast_dtype: Option
 
     def forward():
         with torch.no_grad(), _autocast(x.device, autocast_dtype):
-            module(x)
+            module.forward_tokens(x)
 
     def forward_backward():
         with _autocast(x.device, autocast_dtype):
-            tokens = module(x)[0]
+            tokens = module.forward_tokens(x)
         tokens.float().sum().backward()
 
     module.eval()

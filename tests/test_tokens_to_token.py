@@ -99,3 +99,45 @@ def test_model_with_dynamic_size_equals_the_plain_path():
     model = timm.create_model('t2t_vit_7', img_size=64, num_classes=5, dynamic_img_size=True).eval()
     for size in ((64, 64), (57, 83)):
         _assert_paths_agree(model, torch.randn(2, 3, *size))
+
+
+class TokensOnly(torch.nn.Module):
+    def __init__(self, module: TokensToToken) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.forward_tokens(x)
+
+
+def _forward_calls(module: torch.nn.Module):
+    calls = []
+    module.register_forward_hook(lambda m, inputs, output: calls.append(inputs[0].shape[0]))
+    return calls
+
+
+def test_eager_tokens_come_in_batch_slices_of_the_whole_batchs_tokens(monkeypatch):
+    torch.manual_seed(0)
+    module = TokensToToken(in_chans=3, embed_dim=32, token_dim=16).eval()
+    x = torch.randn(5, 3, 64, 64)  # 256 first-layer tokens an image
+    whole, _, whole_x_grad, whole_grads = _loss_and_grads(TokensOnly(module), x)
+    monkeypatch.setattr(tokens_to_token, 'SLICE_TOKENS', 2 * 256)
+    calls = _forward_calls(module)
+    sliced, _, sliced_x_grad, sliced_grads = _loss_and_grads(TokensOnly(module), x)
+    assert calls == [2, 2, 1]
+    _assert_round_off(sliced, whole, 'tokens')
+    _assert_round_off(sliced_x_grad, whole_x_grad, 'input')
+    assert sliced_grads.keys() == whole_grads.keys()
+    for name in whole_grads:
+        _assert_round_off(sliced_grads[name], whole_grads[name], name)
+
+
+def test_slices_hold_four_images_at_224_and_models_take_them():
+    model = timm.create_model('t2t_vit_7', num_classes=3, dynamic_img_size=True).eval()
+    calls = _forward_calls(model.tokens_to_token)
+    with torch.no_grad():
+        model(torch.randn(6, 3, 224, 224))
+        model(torch.randn(2, 3, 448, 448))  # 12,544 first-layer tokens an image: one at a time
+    assert calls == [4, 2, 1, 1]
+    scripted = torch.jit.script(timm.create_model('t2t_vit_7', img_size=64).eval())
+    torch.testing.assert_close(scripted(torch.randn(3, 3, 64, 64)).shape, torch.Size([3, 1000]))

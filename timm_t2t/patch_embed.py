@@ -201,7 +201,7 @@ class T2TPatchEmbed(nn.Module):
             x = F.pad(x, [0, (self.stride - width % self.stride) % self.stride,
                           0, (self.stride - height % self.stride) % self.stride])
         grid = self.tokens_to_token.feat_size(x.shape[-2], x.shape[-1])
-        x = self.norm(self.tokens_to_token(x)[0])
+        x = self.norm(self.tokens_to_token.forward_tokens(x))
         if self.flatten:
             return x
         x = x.reshape(x.shape[0], grid[0], grid[1], x.shape[-1])

@@ -476,7 +476,7 @@ class T2TViT(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalized tokens (B, 1 + N, embed_dim), the class token first."""
         grid = self._token_grid(x)
-        x, _ = self.tokens_to_token(x)
+        x = self.tokens_to_token.forward_tokens(x)
         if self.cls_token is not None:
             x = self._pos_embed(x, grid)
         if self.grad_checkpointing and not torch.jit.is_scripting():
