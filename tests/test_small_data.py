@@ -5,7 +5,6 @@ import filecmp
 import json
 import os
 import re
-import shlex
 import statistics
 import subprocess
 import sys
@@ -140,19 +139,6 @@ def test_timm_scripts_train_each_seed_into_its_own_folder_by_the_recipe(tmp_path
     option = dict(zip(validate_args, validate_args[1:]))
     assert option['--checkpoint'] == str(tmp_path / 'out' / 't2t_vit_7-seed2' / 'last.pth.tar')
     assert option['--device'] == 'cpu' and option['--results-file'] == str(tmp_path / 'out' / 't2t_vit_7-seed2-val.json')
-
-
-def test_readme_trains_the_digits_with_timm_scripts_by_the_recorded_recipe():
-    """The command in float32, which runs on every CPU, and the flags to add where bf16 is faster."""
-    readme = (REPO / 'README.md').read_text()
-    command = re.search(r'^python train\.py \$DIGITS .*?[^\\]$', readme, flags=re.MULTILINE | re.DOTALL).group(0)
-    words = shlex.split(command.replace('\\\n', ' '))
-    option = dict(zip(words, words[1:]))
-    in_fp32, _ = timm_script_args(RUNS[0], Path('$DIGITS'), Path(option['--output']), Recipe(amp=False))
-    in_bf16, _ = timm_script_args(RUNS[0], Path('$DIGITS'), Path(option['--output']), Recipe(amp=True))
-    assert words[2:] == in_fp32 and in_bf16[:len(in_fp32)] == in_fp32
-    after = readme[readme.index(command) + len(command):]
-    assert f'add `{" ".join(in_bf16[len(in_fp32):])}`' in after[:after.index('\n\n', 5)]
 
 
 CPUS = {  # as torch reports them; the matmul speed-ups as measured (see tests/test_recipes.py)
