@@ -22,6 +22,7 @@ churn(4)
 print(json.dumps(dict(kept={kept}, faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)))
 '''
 PAGES_PER_ROUND = 6 * (10 << 20) // 4096
+KEEP = 'from timm_t2t.allocator import keep_freed_memory\nkept = keep_freed_memory()'
 
 
 def _churn(setup: str = '', kept: str = 'None', env=None):
@@ -30,7 +31,7 @@ def _churn(setup: str = '', kept: str = 'None', env=None):
 
 def test_keep_freed_memory_stops_the_page_faults():
     default = _churn()
-    tuned = _churn('from timm_t2t.allocator import keep_freed_memory\nkept = keep_freed_memory()', kept='kept')
+    tuned = _churn(KEEP, kept='kept')
     assert default['faults'] > 3 * PAGES_PER_ROUND  # glibc's default: every round faults its blocks in again
     assert tuned['kept'] is True
     assert tuned['faults'] < PAGES_PER_ROUND // 10
@@ -46,7 +47,7 @@ def test_importing_the_package_leaves_the_allocator_alone():
     {'GLIBC_TUNABLES': 'glibc.malloc.trim_threshold=131072'},
 ])
 def test_the_users_settings_stay_in_force(env):
-    result = _churn('from timm_t2t.allocator import keep_freed_memory\nkept = keep_freed_memory()', kept='kept', env=env)
+    result = _churn(KEEP, kept='kept', env=env)
     assert result['kept'] is False
     assert result['faults'] > 3 * PAGES_PER_ROUND  # the user's low trim threshold still hands the memory back
 

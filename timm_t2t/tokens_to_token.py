@@ -30,9 +30,9 @@ from ._compat import (
 from .attention import attention_kernel_flags, dot_product_attention, performer_attention
 
 __all__ = [
-    'DEFAULT_SOFT_SPLITS', 'SLICE_TOKENS', 'ConvTokenizer', 'PerformerAttention', 'SoftSplit', 'TokenAttention', 'TokenLayer',
-    'TokensToToken', 'adapt_in_chans', 'check_image_batch', 'img_size_2tuple', 'restructurize', 'soft_split',
-    'soft_split_adjoint',
+    'DEFAULT_SOFT_SPLITS', 'SLICE_TOKENS', 'ConvTokenizer', 'PerformerAttention', 'SoftSplit', 'TokenAttention',
+    'TokenLayer', 'TokensToToken', 'adapt_in_chans', 'check_image_batch', 'img_size_2tuple', 'restructurize',
+    'soft_split', 'soft_split_adjoint',
 ]
 
 _logger = logging.getLogger(__name__)
