@@ -334,8 +334,9 @@ def _classify(args: argparse.Namespace) -> None:
     images = _check_classify_paths(args)
     _import_libraries()
     from .hub import WeightsUnavailableError
-    from .predict import PRECISIONS, DataConfigError, classify, load_classifier, write_predictions
+    from .predict import PRECISIONS, classify, write_predictions
     from .recipes import check_recipe
+    from .weights import DataConfigError, load_classifier
 
     check_recipe(PRECISIONS[args.precision])  # the CPU and torch can run it: known before any weights are loaded
     try:
@@ -453,11 +454,12 @@ def _features(args: argparse.Namespace) -> None:
     import torch
 
     from .features import (
-        FLAT_SPREAD, OUTLYING_PEAK, LayerMaps, Panel, draw_figure, extract_maps, invalid_channels, load_model,
-        measure_features, resolve_layers)
+        FLAT_SPREAD, OUTLYING_PEAK, LayerMaps, Panel, draw_figure, extract_maps, invalid_channels, measure_features,
+        resolve_layers)
     from .hub import WeightsUnavailableError
     from .images import read_image
     from .predict import _read_batches, image_transform
+    from .weights import load_model
 
     names = args.models or [None] * len(args.weights)
     models = []

@@ -22,10 +22,10 @@ from timm.models._hub import generate_readme
 
 from ._compat import create_model_from_folder, save_for_hf
 from .catalog import PAPER_MODEL_STATS, PAPER_TOP1
+from .checkpoint import describe_mismatch
 from .digests import file_digest
-from .hub import InvalidCheckpointError, read_checkpoint
-from .checkpoint import check_t2t_checkpoint, describe_mismatch, normalize_state_dict
 from .t2t_vit import RELEASE_DIGESTS, T2TViT, checkpoint_filter_fn, model_args_from_state_dict
+from .weights import read_t2t_checkpoint
 
 __all__ = ['ConversionError', 'WeightSource', 'convert_checkpoint', 'model_card', 'push_folder']
 
@@ -141,16 +141,6 @@ def model_card(model: T2TViT, source: WeightSource, repo_id: Optional[str] = Non
     }
 
 
-def _key_format(checkpoint: Dict[str, Any]) -> Optional[str]:
-    """'timm' or 'reference' where a checkpoint's Performer T2T layers tell (the other layers' keys are alike)."""
-    keys = set(checkpoint) | {k for v in checkpoint.values() if isinstance(v, dict) for k in v}
-    if any(k.endswith('attention1.attn.random_features') for k in keys):
-        return 'timm'
-    if any(k.endswith('attention1.w') for k in keys):
-        return 'reference'
-    return None
-
-
 def _weight_source(
         source: Path, key_format: Optional[str], model: T2TViT, tagged: bool, as_built: bool) -> WeightSource:
     """What is known of `source`: the release of the model's tag if its published digest, else its file name or the
@@ -172,18 +162,14 @@ def _weight_source(
 
 
 def _source_state_dict(source: Path, use_ema: bool) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
-    """The checkpoint's state dict in this package's key format, and the format it was in (see `_key_format`)."""
+    """The checkpoint's state dict in this package's key format, and the format it was in (see
+    `read_t2t_checkpoint`)."""
     if not source.is_file():
         raise ConversionError(f'No checkpoint file at {source}.')
     try:
-        checkpoint = read_checkpoint(source, use_ema=use_ema)
-    except InvalidCheckpointError as e:
+        return read_t2t_checkpoint(source, use_ema=use_ema)
+    except ValueError as e:  # unreadable (InvalidCheckpointError) or not a T2T-ViT's
         raise ConversionError(str(e)) from e
-    try:
-        check_t2t_checkpoint(checkpoint)
-    except ValueError as e:
-        raise ConversionError(f'{source} is not a T2T-ViT checkpoint: {e}') from e
-    return normalize_state_dict(checkpoint), _key_format(checkpoint)
 
 
 def _publish_permissions(folder: Path) -> None:
