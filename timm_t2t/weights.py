@@ -1,5 +1,5 @@
-"""Weights to a model: a pretrained tag, a checkpoint file or a saved model folder, each checked before use; and
-the check that preprocessing settings given with a model fit it.
+"""Weights to a model: a pretrained tag, a checkpoint file or a saved model folder, each checked before use; how
+the model's images were prepared where the weights record it; and the check that settings given with a model fit it.
 
     model = load_classifier('t2t_vit_14')                                  # pretrained weights (Hub / release)
     model = load_classifier(weights='71.7_T2T_ViT_7.pth.tar')              # a checkpoint (reference or timm)
@@ -10,6 +10,7 @@ A checkpoint's classes, channels and input size are read from its weights, and i
 folder names its own architecture, arguments, preprocessing and labels. classify (`timm_t2t.predict`), features and
 convert take their models from here; this module depends on none of them.
 """
+import argparse
 import json
 import logging
 from pathlib import Path
@@ -21,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from timm.layers import to_2tuple
 from torch import nn
 
-from ._compat import create_model_from_folder
+from ._compat import create_model_from_folder, load_checkpoint
 from .catalog import check_model_name, check_pretrained_tag
 from .checkpoint import CheckpointMismatchError, check_t2t_checkpoint, describe_mismatch, normalize_state_dict
 from .hub import InvalidCheckpointError, read_checkpoint
@@ -29,17 +30,21 @@ from .patch_embed import T2TPatchEmbed
 from .t2t_vit import model_args_from_state_dict
 
 __all__ = [
-    'DataConfigError', 'check_data_config', 'check_model_folder', 'infer_variant', 'load_classifier', 'load_model',
-    'model_from_folder', 'read_t2t_checkpoint',
+    'DATA_CONFIG_KEYS', 'DataConfigError', 'check_data_config', 'check_model_folder', 'infer_variant',
+    'load_classifier', 'load_model', 'model_from_folder', 'read_t2t_checkpoint', 'training_data_config',
 ]
 
 _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
+# the preprocessing settings a model's config carries and a user may give instead, as timm names them
+DATA_CONFIG_KEYS = ('mean', 'std', 'crop_pct', 'interpolation')
+
 
 class DataConfigError(ValueError):
-    """A preprocessing setting that does not fit the model or timm's meaning of it; `key` names the setting."""
+    """A setting of a model's config (its preprocessing, its label names) that does not fit the model or timm's
+    meaning of it; `key` names the setting."""
 
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f'{key}: {problem}')
@@ -117,6 +122,23 @@ def read_t2t_checkpoint(path: PathLike, use_ema: bool = True) -> Tuple[Dict[str,
     except ValueError as e:
         raise ValueError(f'{path} is not a T2T-ViT checkpoint: {e}') from e
     return normalize_state_dict(checkpoint), _key_format(checkpoint)
+
+
+def training_data_config(path: PathLike) -> Optional[Dict[str, Any]]:
+    """The preprocessing a timm training checkpoint records: the arguments of timm's train.py, which its
+    CheckpointSaver stores under 'args', name `mean`, `std`, `crop_pct` and `interpolation`. Only those given are
+    returned (train.py takes the model's own config for the others). None when the file records no preprocessing:
+    a checkpoint without training arguments, or with arguments of another script."""
+    path = Path(path)
+    if path.suffix == '.safetensors':
+        return None
+    checkpoint = load_checkpoint(path)
+    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
+    if not isinstance(args, argparse.Namespace) or not any(hasattr(args, key) for key in DATA_CONFIG_KEYS):
+        return None
+    given = {key: getattr(args, key, None) for key in DATA_CONFIG_KEYS}
+    return {key: tuple(value) if isinstance(value, (list, tuple)) else value
+            for key, value in given.items() if value not in (None, '')}
 
 
 def _model_from_checkpoint(model_name: Optional[str], path: Path, model_kwargs: Mapping[str, Any]) -> nn.Module:
