@@ -1,11 +1,15 @@
 """Weights to a model (timm_t2t.weights): checkpoints and folders load as classify, features and convert take them,
-the names users import from predict and features still work, and the module depends on none of its users."""
+what a training checkpoint records of its preprocessing is read, the names users import from predict and features
+still work, and the module depends on none of its users."""
+import argparse
+
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 
 from timm_t2t import features, predict, weights
-from timm_t2t.weights import load_model
+from timm_t2t.weights import load_model, training_data_config
 
 from fresh_python import run_python
 
@@ -22,6 +26,27 @@ def test_a_timm_checkpoint_of_another_model_loads_with_its_class_count(tmp_path)
         load_model('test_vit', tmp_path / 'resnet.pth')
     assert str(error.value).startswith(f'{tmp_path / "resnet.pth"} does not fit test_vit (a checkpoint of another '
                                        f'configuration needs a model folder, which names its arguments): ')
+
+
+def test_the_preprocessing_a_training_checkpoint_records(tmp_path):
+    """timm's train.py arguments as its CheckpointSaver stores them: the settings given, not those left to the model
+    (None, or '' for the interpolation); nothing from a file without them."""
+    weights_only = {'head.weight': torch.zeros(2, 2)}
+    cases = [
+        (dict(model='t2t_vit_7', mean=[0.5, 0.5, 0.5], std=None, crop_pct=1.0, interpolation=''),
+         dict(mean=(0.5, 0.5, 0.5), crop_pct=1.0)),
+        (dict(model='t2t_vit_7', mean=None, std=None, crop_pct=None, interpolation='bilinear'),
+         dict(interpolation='bilinear')),
+        (dict(model='t2t_vit_7', mean=None, std=None, crop_pct=None, interpolation=''), {}),  # the model's own
+        (dict(model='t2t_vit_7', img_size=64, epochs=6), None),  # another script's arguments: nothing recorded
+    ]
+    for args, recorded in cases:
+        torch.save({'state_dict': weights_only, 'args': argparse.Namespace(**args)}, tmp_path / 'last.pth.tar')
+        assert training_data_config(tmp_path / 'last.pth.tar') == recorded, args
+    torch.save({'state_dict': weights_only}, tmp_path / 'plain.pth')
+    save_file(weights_only, str(tmp_path / 'model.safetensors'))
+    assert training_data_config(tmp_path / 'plain.pth') is None
+    assert training_data_config(tmp_path / 'model.safetensors') is None
 
 
 def test_the_public_names_of_predict_and_features_are_those_of_weights():
