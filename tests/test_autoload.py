@@ -105,7 +105,7 @@ def test_looking_timm_up_before_importing_it_still_registers():
     assert _run(code) == EXPECTED
 
 
-_MODULES = ['attention', 'blocks', 'catalog', 'convert', 'hub', 'patch_embed', 'predict', 't2t_vit']
+_MODULES = ['attention', 'blocks', 'catalog', 'convert', 'hub', 'patch_embed', 'predict', 't2t_vit', 'weights']
 _REGISTERED = 'import json, sys, timm, _timm_t2t_autoload as hook\n' \
               'print(json.dumps(dict(models=sorted(timm.list_models("t2t_vit*")),\n' \
               '    finders=sum(isinstance(f, hook.RegistrationFinder) for f in sys.meta_path))))'

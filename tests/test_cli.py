@@ -431,6 +431,25 @@ def test_classify_with_given_preprocessing(images, checkpoint, tmp_path):
     np.testing.assert_allclose(predicted['probabilities'], top.values[0].numpy(), atol=1e-5)
 
 
+def test_a_model_converted_from_a_folder_classifies_as_the_folder_does(images, tmp_path):
+    """convert carries the folder's preprocessing and label names: the same labels and the same probabilities, which
+    the preprocessing does change."""
+    torch.manual_seed(0)
+    model = timm.create_model('t2t_vit_7', **TINY_7)
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 64, 64), num_classes=3, mean=(0.5, 0.5, 0.5),
+                                std=(0.25, 0.25, 0.25), crop_pct=1., interpolation='bilinear')
+    save_for_hf(model, tmp_path / 'folder', model_config=dict(label_names=['cat', 'dog', 'bird']), model_args=TINY_7,
+                safe_serialization=True)
+    cli_main(['convert', str(tmp_path / 'folder'), str(tmp_path / 'converted')])
+    own = _classify_json(tmp_path / 'own.json', images, '--weights', tmp_path / 'folder')
+    converted = _classify_json(tmp_path / 'converted.json', images, '--weights', tmp_path / 'converted')
+    assert converted == own and {label for p in own for label in p['labels']} == {'cat', 'dog', 'bird'}
+    as_imagenet = _classify_json(tmp_path / 'imagenet.json', images, '--weights', tmp_path / 'folder', '--mean',
+                                 '0.485', '0.456', '0.406', '--std', '0.229', '0.224', '0.225', '--crop-pct', '0.9',
+                                 '--interpolation', 'bicubic')
+    assert [p['probabilities'] for p in as_imagenet] != [p['probabilities'] for p in own]
+
+
 def test_classify_a_checkpoint_of_another_architecture(images, tmp_path):
     torch.manual_seed(0)
     model = timm.create_model('t2t_vit_7', **TINY_7).eval()

@@ -9,12 +9,13 @@ import torch
 from PIL import Image
 from timm.models._hub import save_for_hf
 
-from timm_t2t import T2TViT, features
+from timm_t2t import T2TViT, weights
 from timm_t2t.cli import main as cli_main
 from timm_t2t.features import (
     LayerMaps, LayerStatistics, Panel, channel_ratios, default_layers, draw_figure, effective_rank, extract_maps, invalid_channels,
-    load_model, map_grid, measure_features, normalize_maps, resolve_layers)
+    map_grid, measure_features, normalize_maps, resolve_layers)
 from timm_t2t.predict import image_transform
+from timm_t2t.weights import load_model
 
 from conftest import SMALL
 from fresh_python import run_python
@@ -263,20 +264,6 @@ def test_the_command_draws_the_figure_and_measures_every_image(images, model_fol
     assert Image.open(figure).size == (5 * 80, 3 * 135)
 
 
-def test_a_timm_checkpoint_of_another_model_loads_with_its_class_count(tmp_path):
-    torch.manual_seed(0)
-    model = timm.create_model('test_resnet', num_classes=5).eval()
-    torch.save({'state_dict': model.state_dict()}, tmp_path / 'resnet.pth')
-    loaded = load_model('test_resnet', tmp_path / 'resnet.pth')
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x))
-    with pytest.raises(RuntimeError) as error:
-        load_model('test_vit', tmp_path / 'resnet.pth')
-    assert str(error.value).startswith(f'{tmp_path / "resnet.pth"} does not fit test_vit (a checkpoint of another '
-                                       f'configuration needs a model folder, which names its arguments): ')
-
-
 def _error_line(*args) -> str:
     with pytest.raises(SystemExit) as exit_info:
         cli_main([str(a) for a in args])
@@ -295,7 +282,7 @@ def test_bad_input_is_one_line(images, model_folders, tmp_path, monkeypatch):
         'to -1 counted from the end.')
     assert _error_line('features', images, '--weights', model_folders[0], '--output', tmp_path / 'fig.gif') == (
         f'Cannot tell the format of {tmp_path / "fig.gif"}: name it .png, .jpg, .jpeg, .pdf, .svg.')
-    monkeypatch.setattr(features, 'load_model', lambda name, weights: torch.nn.Sequential())
+    monkeypatch.setattr(weights, 'load_model', lambda name, weights: torch.nn.Sequential())
     assert _error_line('features', images, '--models', 'anything') == (
         'Sequential has no feature_info, so timm gives no intermediate feature maps of it (neither '
         'forward_intermediates nor features_only).')

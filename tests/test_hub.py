@@ -1,7 +1,8 @@
 """Pretrained weights from the Hugging Face Hub and the release files, through huggingface_hub's and torch's own
 download code, against a loopback server (HF_ENDPOINT), in fresh interpreters (release files: in this one, with
 torch.hub's cache under TORCH_HOME). No mocks; the table of published digests is filled with digests of the files
-the tests make."""
+the tests make. Checkpoints and model folders converted to the Hub's format say only what is known of them."""
+import argparse
 import dataclasses
 import hashlib
 import io
@@ -22,6 +23,7 @@ from timm.models._registry import _model_pretrained_cfgs
 import timm_t2t.digests
 from benchmarks.reference_t2t import ReferenceT2TViT, reference_config, training_checkpoint
 from fresh_python import run_python
+from timm_t2t._compat import create_model_from_folder
 from timm_t2t.cli import main as cli_main
 from timm_t2t.convert import WeightSource, convert_checkpoint, model_card
 from timm_t2t.digests import RECORDS_NAME, DigestMismatchError, FileDigest, file_digest
@@ -228,7 +230,8 @@ def test_convert_push_to_hub_round_trip_pinned_to_the_pushed_commit(hub, env, re
 def test_convert_cli_error_is_one_line_on_the_terminal(tmp_path):
     done = _convert_cli(tmp_path / 'missing.pth', tmp_path / 'out', '--model', 't2t_vit_7')
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == [f'timm-t2t convert: error: No checkpoint file at {tmp_path}/missing.pth.']
+    assert done.stderr.strip().splitlines() == [
+        f'timm-t2t convert: error: No checkpoint file or model folder at {tmp_path}/missing.pth.']
 
 
 def test_convert_cli_errors_name_the_problem(release_file, tmp_path):
@@ -254,8 +257,8 @@ def test_convert_cli_errors_name_the_problem(release_file, tmp_path):
 def test_convert_help_explains_every_flag():
     done = _convert_cli('--help')
     assert done.returncode == 0
-    for flag in ('checkpoint', 'output_dir', '--model', '--model-kwargs', '--no-ema', '--push-to-hub', '--private',
-                 '--token'):
+    for flag in ('checkpoint', 'output_dir', '--model', '--model-kwargs', '--mean', '--std', '--crop-pct',
+                 '--interpolation', '--label-names', '--no-ema', '--push-to-hub', '--private', '--token'):
         assert flag in done.stdout
 
 
@@ -302,6 +305,7 @@ def _timm_checkpoint(path: Path) -> Path:
 
 
 _T2T_VIT_7_URL = timm.models.get_pretrained_cfg('t2t_vit_7.in1k').url
+PAPER_NAME = 'Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet'
 
 
 @pytest.mark.parametrize('file, make, model_name, publish, known_by', [
@@ -327,6 +331,13 @@ def test_card_claims_the_release_only_for_a_released_file(tmp_path, monkeypatch,
     released = known_by is not None
     assert ('license: bsd-3-clause-clear' in card, 'license: other' in card) == (released, not released)
     assert ('Top-1 accuracy (%), paper: 71.7' in card) == released
+    config = json.loads((folder / 'config.json').read_text())['pretrained_cfg']  # says what the card says
+    claims = {key: config.get(key) for key in ('tag', 'license', 'paper_ids', 'paper_name', 'origin_url')}
+    if released:
+        assert claims == dict(tag='in1k', license='bsd-3-clause-clear', paper_ids='arXiv:2101.11986',
+                              paper_name=PAPER_NAME, origin_url='https://github.com/yitu-opensource/T2T-ViT')
+    else:
+        assert claims == dict(tag=None, license='other', paper_ids=None, paper_name=None, origin_url=None)
     if released:
         assert f'from `{file}`, the official release file (known by {known_by})' in card
         assert f'- **Weights:** {_T2T_VIT_7_URL}' in card
@@ -335,6 +346,139 @@ def test_card_claims_the_release_only_for_a_released_file(tmp_path, monkeypatch,
             "a checkpoint in the reference implementation's format"
         assert f'with weights converted to timm from {kind} (`{file}`), not known to be a released reference file' \
             in card
+
+
+TINY_ARGS = [f'{k}={v}' for k, v in TINY.items()]
+
+
+def _ten_class_checkpoint(path: Path, **args) -> Path:
+    """A small t2t_vit_7 for 10 classes at 64 px as a training checkpoint, with the training arguments `args` (an
+    argparse.Namespace, as timm's CheckpointSaver stores them) if any."""
+    torch.manual_seed(0)
+    model = timm.create_model('t2t_vit_7', img_size=64, num_classes=10, **TINY)
+    checkpoint = {'state_dict': model.state_dict(), 'epoch': 5}
+    if args:
+        checkpoint['args'] = argparse.Namespace(**args)
+    torch.save(checkpoint, path)
+    return path
+
+
+def _saved_folder(path: Path) -> Path:
+    """A small t2t_vit_7 for 3 classes saved as a model folder with its own preprocessing and label names (and the
+    default tag's claims in its config, which a folder cannot be known to deserve)."""
+    torch.manual_seed(0)
+    args = dict(img_size=64, num_classes=3, **TINY)
+    model = timm.create_model('t2t_vit_7', **args)
+    model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(3, 64, 64), num_classes=3, mean=(0.5, 0.5, 0.5),
+                                std=(0.25, 0.25, 0.25), crop_pct=1., interpolation='bilinear')
+    save_for_hf(model, path, model_config=dict(label_names=['cat', 'dog', 'bird']), model_args=args,
+                safe_serialization=True)
+    return path
+
+
+def _convert_here(capsys, *args) -> list:
+    """Run `timm-t2t convert` in this interpreter; the lines it wrote on stderr."""
+    cli_main(['convert', *map(str, args)])
+    return capsys.readouterr().err.splitlines()
+
+
+def _preprocessing(folder: Path) -> dict:
+    cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+    return {key: cfg[key] for key in ('mean', 'std', 'crop_pct', 'interpolation')}
+
+
+def test_convert_carries_the_preprocessing_a_timm_training_checkpoint_records(tmp_path, capsys):
+    """train.py's arguments: the settings given are the config's, those left unset (None, '') the model's own."""
+    path = _ten_class_checkpoint(tmp_path / 'last.pth.tar', model='t2t_vit_7', epochs=6, mean=[0.5, 0.5, 0.5],
+                                 std=None, crop_pct=1.0, interpolation='')
+    errors = _convert_here(capsys, path, tmp_path / 'out', '--model', 't2t_vit_7', '--model-kwargs', *TINY_ARGS)
+    assert _preprocessing(tmp_path / 'out') == dict(
+        mean=[0.5, 0.5, 0.5], std=[0.229, 0.224, 0.225], crop_pct=1.0, interpolation='bicubic')
+    assert not [line for line in errors if 'preprocessing' in line]
+
+
+def test_convert_of_unknown_preprocessing_warns_and_takes_the_options(tmp_path, capsys):
+    """A checkpoint of 10 classes recording no preprocessing (the digits experiment's arguments name none): one
+    warning line; the options then make the config, with the label names."""
+    path = _ten_class_checkpoint(tmp_path / 'last.pth.tar', model='t2t_vit_7', img_size=64, epochs=6)
+    common = ('--model', 't2t_vit_7', '--model-kwargs', *TINY_ARGS)
+    errors = _convert_here(capsys, path, tmp_path / 'guessed', *common)
+    assert [line for line in errors if 'preprocessing' in line] == [
+        f"{path} records no preprocessing, and its 10 classes are not ImageNet's: {tmp_path / 'guessed'}/config.json "
+        f"gives the model config's (mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225), crop_pct 0.9); if it "
+        f"was trained otherwise, convert again with --mean, --std and --crop-pct."]
+
+    digits = [str(d) for d in range(10)]
+    errors = _convert_here(capsys, path, tmp_path / 'told', *common, '--mean', '0.5', '0.5', '0.5', '--std', '0.5',
+                           '0.4', '0.3', '--crop-pct', '1', '--interpolation', 'bilinear', '--label-names', *digits)
+    assert _preprocessing(tmp_path / 'told') == dict(
+        mean=[0.5, 0.5, 0.5], std=[0.5, 0.4, 0.3], crop_pct=1.0, interpolation='bilinear')
+    assert not [line for line in errors if 'preprocessing' in line]
+    assert create_model_from_folder(tmp_path / 'told').pretrained_cfg['label_names'] == digits
+
+
+@pytest.mark.parametrize('args, problem', [
+    (['--mean', '0.5', '0.5'], 'argument --mean: expected 3 values (one per input channel of the model) or 1 (for '
+                               'every channel), got 2'),
+    (['--crop-pct', '1.5'], "argument --crop-pct: expected a fraction of the resized image in (0, 1], got '1.5'"),
+    (['--label-names', 'cat', 'dog'], 'argument --label-names: expected 10 names (one per class of the model), '
+                                      'got 2'),
+])
+def test_convert_options_that_do_not_fit_are_usage_errors(tmp_path, capsys, args, problem):
+    path = _ten_class_checkpoint(tmp_path / 'last.pth.tar')
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(['convert', str(path), str(tmp_path / 'out'), '--model', 't2t_vit_7', '--model-kwargs', *TINY_ARGS,
+                  *args])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f'timm-t2t convert: error: {problem} (see timm-t2t convert --help)']
+    assert not (tmp_path / 'out').exists()
+
+
+def test_a_checkpoint_file_needs_its_variant_named(tmp_path, capsys):
+    path = _ten_class_checkpoint(tmp_path / 'last.pth.tar')
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(['convert', str(path), str(tmp_path / 'out')])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f'timm-t2t convert: error: --model is needed for a checkpoint file such as {path} (a model folder names its '
+        f'own architecture) (see timm-t2t convert --help)']
+
+
+def test_convert_takes_a_model_folder_with_its_preprocessing_and_labels(tmp_path, capsys):
+    folder = _saved_folder(tmp_path / 'runs' / 't2t_vit_7')
+    errors = _convert_here(capsys, folder, tmp_path / 'out')
+    assert _preprocessing(tmp_path / 'out') == _preprocessing(folder)
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['label_names'] == ['cat', 'dog', 'bird']
+    assert config['pretrained_cfg']['license'] == 'other' and 'tag' not in config['pretrained_cfg']
+    assert 'with weights converted to timm from a timm model folder (`t2t_vit_7`), not known to be a released ' \
+           'reference file' in (tmp_path / 'out' / 'README.md').read_text()
+    assert not [line for line in errors if 'preprocessing' in line]
+    inputs = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(_logits(create_model_from_folder(tmp_path / 'out'), inputs),
+                               _logits(create_model_from_folder(folder), inputs), rtol=0, atol=0)
+
+
+def test_convert_of_a_folder_names_what_does_not_fit(tmp_path):
+    folder = _saved_folder(tmp_path / 't2t_vit_7')
+    resnet = tmp_path / 'resnet18'
+    resnet.mkdir()
+    (resnet / 'config.json').write_text(json.dumps(dict(architecture='resnet18', num_classes=10, pretrained_cfg={})))
+    cases = [
+        ((folder, '--model', 't2t_vit_7.in1k'),
+         f'{folder} is a model folder, which carries its own config: leave out the pretrained tag, or --model '
+         f'altogether.'),
+        ((folder, '--model', 't2t_vit_14'), f'{folder} holds a t2t_vit_7, not a t2t_vit_14; leave out the model name.'),
+        ((folder, '--model-kwargs', 'depth=2'),
+         f'{folder} is a saved model folder, which names its own arguments: leave out the model arguments.'),
+        ((resnet,), f'{resnet} holds a resnet18, not a T2T-ViT.'),
+        ((tmp_path,), f'{tmp_path} is a folder without config.json: not a saved model folder.'),
+    ]
+    for (source, *args), message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(['convert', str(source), str(tmp_path / 'out'), *map(str, args)])
+        assert str(exit_info.value.code) == f'timm-t2t convert: error: {message}'
+    assert not (tmp_path / 'out').exists()
 
 
 def _closed_port() -> int:

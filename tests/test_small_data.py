@@ -23,8 +23,9 @@ from benchmarks.small_data import main as small_data_main
 from timm_t2t import T2TPatchEmbed
 from timm_t2t._compat import create_model_from_folder
 from timm_t2t.cli import main as cli_main
-from timm_t2t.predict import image_transform, load_classifier
+from timm_t2t.predict import image_transform
 from timm_t2t.recipes import Bf16Support, bf16_is_faster, bf16_support
+from timm_t2t.weights import load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -24,8 +24,9 @@ from timm.models.vision_transformer import LayerScale
 
 __all__ = [
     'TIMM_VERSION', 'Block', 'calculate_drop_path_rates', 'checkpoint', 'checkpoint_seq', 'create_model_from_folder',
-    'get_device_dtype', 'has_model_traits', 'is_autocast_available', 'load_state_dict', 'make_layer', 'register_notrace_function',
-    'register_load_state_dict_pre_hook', 'save_for_hf', 'update_model_input_size', 'x86_has_bf16_instructions',
+    'get_device_dtype', 'has_model_traits', 'is_autocast_available', 'load_checkpoint', 'load_state_dict', 'make_layer',
+    'register_notrace_function', 'register_load_state_dict_pre_hook', 'save_for_hf', 'update_model_input_size',
+    'x86_has_bf16_instructions',
 ]
 
 
@@ -212,9 +213,21 @@ def create_model_from_folder(folder: Union[str, Path], **kwargs: Any) -> nn.Modu
         **{**config.get('model_args', {}), **kwargs})
 
 
+def _training_args_allowed() -> contextlib.AbstractContextManager:
+    """Weights-only loading that accepts the argparse.Namespace training checkpoints carry (torch >= 2.5)."""
+    allow_args = getattr(torch.serialization, 'safe_globals', None)
+    return allow_args([argparse.Namespace]) if allow_args else contextlib.nullcontext()
+
+
 def load_state_dict(path: Union[str, Path], use_ema: bool = True) -> Dict[str, Any]:
     """timm's `load_state_dict` (EMA weights first, prefixes cleaned), loading weights only, with the
     argparse.Namespace that training checkpoints carry allowed (as timm allows it itself from 1.0.2x)."""
-    allow_args = getattr(torch.serialization, 'safe_globals', None)
-    with allow_args([argparse.Namespace]) if allow_args else contextlib.nullcontext():
+    with _training_args_allowed():
         return _timm_load_state_dict(str(path), use_ema=use_ema, weights_only=True)
+
+
+def load_checkpoint(path: Union[str, Path]) -> Any:
+    """A checkpoint file as it was saved, training state and arguments too (what timm's `load_checkpoint_metadata`
+    reads where timm has it), loading weights only, with training checkpoints' argparse.Namespace allowed."""
+    with _training_args_allowed():
+        return torch.load(str(path), map_location='cpu', weights_only=True)

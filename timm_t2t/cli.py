@@ -26,7 +26,7 @@ _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
   timm-t2t list                                     the variants: size, cost, pretrained tags, cached weights
   timm-t2t info MODEL                               a model's config, feature pyramid and weight sources
   timm-t2t classify IMAGE_OR_FOLDER...              top-k classes of images
-  timm-t2t convert CHECKPOINT OUT_DIR --model NAME  a reference checkpoint as a Hugging Face Hub folder
+  timm-t2t convert CHECKPOINT OUT_DIR --model NAME  a checkpoint (or model folder) as a Hugging Face Hub folder
   timm-t2t features IMAGE_OR_FOLDER... --models M   feature maps as the paper's Figure 2, invalid channels, richness
 
 Run `timm-t2t COMMAND --help` for a command's options.
@@ -153,26 +153,44 @@ def _add_classify(subparsers) -> None:
 
 def _add_convert(subparsers) -> None:
     parser = subparsers.add_parser(
-        'convert', help='convert a reference checkpoint to a Hugging Face Hub folder', parents=[_verbose_flag()],
-        description='Convert a checkpoint released with (or trained by) the reference T2T-ViT code into timm\'s '
-                    'Hugging Face Hub format: model.safetensors, config.json and a model card. The converted '
-                    'weights are loaded back through timm and must reproduce the source logits before anything '
-                    'is written.')
-    parser.add_argument('checkpoint', type=Path, help='reference checkpoint (.pth.tar / .pth: state_dict, '
-                        'state_dict_ema or net entries, DataParallel prefixes allowed)')
+        'convert', help='convert a checkpoint or model folder to a Hugging Face Hub folder', parents=[_verbose_flag()],
+        description='Convert a checkpoint released with (or trained by) the reference T2T-ViT code, a timm '
+                    'checkpoint or a model folder into timm\'s Hugging Face Hub format: model.safetensors, '
+                    'config.json and a model card. The converted weights are loaded back through timm and must '
+                    'reproduce the source logits before anything is written. Only a released reference file gets '
+                    'the release\'s tag, licence and paper; the config carries the preprocessing and label names '
+                    'the source records (a model folder\'s config, a timm training checkpoint\'s arguments) or '
+                    'the options below give.')
+    parser.add_argument('checkpoint', type=Path, help='checkpoint (.pth.tar / .pth: state_dict, state_dict_ema or '
+                        'net entries, DataParallel prefixes allowed) or model folder (config.json + '
+                        'model.safetensors)')
     parser.add_argument('output_dir', type=Path, help='folder to write; must not exist or be empty')
-    parser.add_argument('--model', required=True, help='T2T-ViT entry point, optionally with the pretrained tag '
-                        'whose config the folder should carry, e.g. t2t_vit_14 or t2t_vit_14.in1k_384; the card '
-                        'quotes the paper only for a named tag')
+    parser.add_argument('--model', help='T2T-ViT entry point, optionally with the pretrained tag whose config the '
+                        'folder should carry, e.g. t2t_vit_14 or t2t_vit_14.in1k_384; the card quotes the paper '
+                        'only for a released file (needed for a checkpoint; a model folder names its own)')
     parser.add_argument('--model-kwargs', nargs='*', default={}, action=_KeyValues, metavar='KEY=VALUE',
                         help='extra model arguments for architectures other than the entry point\'s own, '
                              'e.g. depth=12 embed_dim=256')
+    parser.add_argument('--mean', type=float, nargs='+', metavar='M',
+                        help='normalization mean per channel the weights were trained with (default: the '
+                             'source\'s, else the model\'s config)')
+    parser.add_argument('--std', type=float, nargs='+', metavar='S',
+                        help='normalization standard deviation per channel (default: the source\'s, else the '
+                             'model\'s config)')
+    parser.add_argument('--crop-pct', type=_fraction, help='center crop fraction, in (0, 1] (default: the '
+                        'source\'s, else the model\'s config)')
+    parser.add_argument('--interpolation', choices=('bilinear', 'bicubic', 'nearest'),
+                        help='resize interpolation (default: the source\'s, else the model\'s config)')
+    parser.add_argument('--label-names', nargs='+', metavar='NAME',
+                        help='class names in class order, one per class (default: the source\'s, if it names '
+                             'them)')
     parser.add_argument('--no-ema', dest='use_ema', action='store_false',
                         help='convert state_dict rather than state_dict_ema when a checkpoint has both')
     parser.add_argument('--push-to-hub', metavar='ORG/REPO', help='then upload the folder to this Hub repo and print '
                         'the commit to pin it by')
     parser.add_argument('--private', action='store_true', help='create the Hub repo as private')
     parser.add_argument('--token', help='Hugging Face token (default: the one huggingface_hub finds)')
+    parser.set_defaults(usage_error=parser.error)
 
 
 _FEATURES_DESCRIPTION = """\
@@ -336,8 +354,9 @@ def _classify(args: argparse.Namespace) -> None:
     images = _check_classify_paths(args)
     _import_libraries()
     from .hub import WeightsUnavailableError
-    from .predict import PRECISIONS, DataConfigError, classify, load_classifier, write_predictions
+    from .predict import PRECISIONS, classify, write_predictions
     from .recipes import check_recipe
+    from .weights import DataConfigError, load_classifier
 
     check_recipe(PRECISIONS[args.precision])  # the CPU and torch can run it: known before any weights are loaded
     try:
@@ -379,12 +398,21 @@ def _classify(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    if args.model is None and args.checkpoint.is_file():
+        args.usage_error(f'--model is needed for a checkpoint file such as {args.checkpoint} (a model folder names '
+                         f'its own architecture)')
     _import_libraries()
     from .convert import convert_checkpoint, push_folder
+    from .weights import DataConfigError
 
-    folder, diff = convert_checkpoint(
-        args.checkpoint, args.output_dir, args.model, model_kwargs=args.model_kwargs, use_ema=args.use_ema,
-        repo_id=args.push_to_hub)
+    data_config = {key: getattr(args, key) for key in ('mean', 'std', 'crop_pct', 'interpolation')
+                   if getattr(args, key) is not None}
+    try:
+        folder, diff = convert_checkpoint(
+            args.checkpoint, args.output_dir, args.model, model_kwargs=args.model_kwargs, use_ema=args.use_ema,
+            repo_id=args.push_to_hub, data_config=data_config, label_names=args.label_names)
+    except DataConfigError as e:
+        args.usage_error(f'argument --{e.key.replace("_", "-")}: {e.problem}')
     print(f'Wrote {folder} (converted weights reproduce the source logits, max diff {diff:.2g}).')
     if args.push_to_hub:
         commit = push_folder(folder, args.push_to_hub, private=args.private, token=args.token)
@@ -455,11 +483,12 @@ def _features(args: argparse.Namespace) -> None:
     import torch
 
     from .features import (
-        FLAT_SPREAD, OUTLYING_PEAK, LayerMaps, Panel, draw_figure, extract_maps, invalid_channels, load_model,
-        measure_features, resolve_layers)
+        FLAT_SPREAD, OUTLYING_PEAK, LayerMaps, Panel, draw_figure, extract_maps, invalid_channels, measure_features,
+        resolve_layers)
     from .hub import WeightsUnavailableError
     from .images import read_image
     from .predict import _read_batches, image_transform
+    from .weights import load_model
 
     names = args.models or [None] * len(args.weights)
     models = []

@@ -24,6 +24,8 @@ how near the valid channels come to the thresholds.
 Richness is the effective rank (Roy and Vetterli, 2007) of a layer's channels over every position of every image:
 exp of the entropy of the normalized singular values of the centred (positions x channels) matrix. It is 1 when
 every channel is one map up to scale, and the channel count when the channels are uncorrelated with equal energy.
+
+The models come from `timm_t2t.weights`, whose `load_model` is importable from here too.
 """
 import dataclasses
 import math
@@ -31,15 +33,11 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .catalog import check_pretrained_tag
-from .checkpoint import CheckpointMismatchError, describe_mismatch
-from .hub import read_checkpoint
-from .predict import load_classifier
+from .weights import load_model
 
 __all__ = [
     'DEFAULT_LAYER_COUNT', 'FLAT_SPREAD', 'OUTLYING_PEAK', 'LayerMaps', 'LayerReport', 'LayerStatistics', 'Panel',
@@ -54,67 +52,6 @@ OUTLYING_PEAK = 10.  # outlying: largest |value| above this multiple of the laye
 DEFAULT_LAYER_COUNT = 4  # layers drawn and measured when none are named: spread evenly over the feature list
 
 INSTALL_MATPLOTLIB = 'Drawing the figure needs matplotlib: pip install matplotlib (or pip install "timm-t2t[bench]").'
-
-
-def _is_t2t_vit(name: str) -> bool:
-    return name.split('.')[0] in timm.list_models('t2t_vit*')
-
-
-def _check_architecture(architecture: str) -> None:
-    if not timm.is_model(architecture):
-        raise ValueError(f'Unknown model {architecture!r}: not a timm model (timm.list_models() lists them).')
-
-
-def _check_timm_name(name: str) -> None:
-    """Raise ValueError naming the problem unless `name` is a timm model with pretrained weights (of its tag)."""
-    architecture, _, tag = name.partition('.')
-    _check_architecture(architecture)
-    if not timm.list_pretrained(f'{architecture}.*'):
-        raise ValueError(f'{architecture} has no pretrained weights in timm: give a checkpoint or model folder with '
-                         f'--weights.')
-    check_pretrained_tag(architecture, tag)
-
-
-def _model_from_timm_checkpoint(name: str, path: Path) -> nn.Module:
-    """A timm model (not a T2T-ViT) as `name` builds it, with the class count of a checkpoint in timm's format."""
-    state_dict = read_checkpoint(path)
-    model = timm.create_model(name, pretrained=False)
-    classifier = model.pretrained_cfg.get('classifier')
-    head = state_dict.get(f'{classifier}.weight') if isinstance(classifier, str) else None
-    if head is not None and head.shape[0] != model.num_classes:
-        model = timm.create_model(name, pretrained=False, num_classes=head.shape[0])
-    mismatch = describe_mismatch(model.state_dict(), state_dict)
-    if mismatch:
-        raise CheckpointMismatchError(f'{path} does not fit {name} (a checkpoint of another configuration needs a '
-                                      f'model folder, which names its arguments)', mismatch)
-    model.load_state_dict(state_dict)
-    return model.eval()
-
-
-def load_model(name: Optional[str] = None, weights: Optional[PathLike] = None) -> nn.Module:
-    """Any timm model in eval mode with its weights: `name`'s pretrained ones (its tag picks them), or those of
-    `weights`: a model folder (which names its own architecture), a T2T-ViT checkpoint (reference or timm format,
-    variant inferred unless named, as `classify` loads it) or another timm model's checkpoint in timm's format,
-    fitting `name` as timm builds it (its class count read from it)."""
-    if weights is None:
-        if name is None:
-            raise ValueError('Name a model or give its weights.')
-        if _is_t2t_vit(name):
-            return load_classifier(name)
-        _check_timm_name(name)
-        return timm.create_model(name, pretrained=True).eval()
-    weights = Path(weights)
-    if weights.is_dir():
-        model = load_classifier(None, weights)
-        architecture = model.pretrained_cfg.get('architecture')
-        if name and name.split('.')[0] != architecture:
-            raise ValueError(f'{weights} holds a {architecture}, not a {name}; leave out the model name.')
-        return model
-    if name is None or _is_t2t_vit(name):
-        return load_classifier(name, weights)
-    architecture = name.split('.')[0]
-    _check_architecture(architecture)
-    return _model_from_timm_checkpoint(architecture, weights)
 
 
 def feature_modules(model: nn.Module) -> List[str]:

@@ -1,10 +1,12 @@
-"""Classify image files with a T2T-ViT: a pretrained tag, a checkpoint file or a saved model folder.
+"""Classify image files with a T2T-ViT: images prepared in batches as the model's config says (or as told), their
+top classes, and the predictions written out.
 
-    model = load_classifier('t2t_vit_14')                                  # pretrained weights (Hub / release)
-    model = load_classifier(weights='71.7_T2T_ViT_7.pth.tar')              # a checkpoint (reference or timm)
-    model = load_classifier(weights='runs/digits/t2t_vit_7')                # a folder written by save_for_hf
+    model = load_classifier('t2t_vit_14')     # or weights= a checkpoint file or a model folder: timm_t2t.weights
     for prediction in classify(model, find_images(['photos/']), batch_size=16, precision='bf16'):
         ...
+
+The model comes from `timm_t2t.weights`; its `load_classifier`, `infer_variant` and `DataConfigError` are
+importable from here too.
 
 `precision` picks one of the CPU recipes of `timm_t2t.recipes` (PRECISIONS says which): fp32 runs the model as it
 is; bf16 runs bfloat16 weights eagerly; int8 quantizes the Linear layers dynamically (no calibration images, no torchao
@@ -20,21 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-import timm
 import torch
-from safetensors import SafetensorError, safe_open
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
-from timm.layers import to_2tuple
-from torch import nn
 
-from ._compat import create_model_from_folder
-from .catalog import check_model_name
-from .checkpoint import CheckpointMismatchError, check_t2t_checkpoint, normalize_state_dict
-from .hub import InvalidCheckpointError, read_checkpoint
 from .images import find_images, read_image
-from .patch_embed import T2TPatchEmbed
 from .recipes import prepare
-from .t2t_vit import model_args_from_state_dict
+from .weights import DataConfigError, check_data_config, infer_variant, load_classifier
 
 __all__ = [
     'PRECISIONS', 'DataConfigError', 'Prediction', 'classify', 'find_images', 'image_transform', 'infer_variant',
@@ -50,15 +43,6 @@ PRECISIONS = {'fp32': 'fp32', 'fp32-compiled': 'fp32-compiled', 'bf16': 'bf16', 
               'int8': 'int8-dynamic', 'int8-static': 'int8-static'}
 
 
-class DataConfigError(ValueError):
-    """A preprocessing setting that does not fit the model or timm's meaning of it; `key` names the setting."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f'{key}: {problem}')
-        self.key = key
-        self.problem = problem
-
-
 @dataclasses.dataclass
 class Prediction:
     """The top classes of one image, most likely first: (class index, label, probability)."""
@@ -66,124 +50,6 @@ class Prediction:
     classes: List[int]
     labels: List[str]
     probabilities: List[float]
-
-
-# weights whose shape depends on the input size, channels or classes rather than on the architecture
-_ADAPTED = ('pos_embed', 'head.', 'tokens_to_token.attention1.norm1.', 'tokens_to_token.attention1.attn.qkv.',
-            'tokens_to_token.convs.0.')
-
-
-def _architecture(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state_dict.items() if not k.startswith(_ADAPTED)}
-
-
-def _describe_backbone(state_dict: Mapping[str, torch.Tensor]) -> Tuple[int, int]:
-    """Token width and number of blocks of a normalized state dict."""
-    blocks = {key.split('.')[1] for key in state_dict if key.startswith('blocks.')}
-    return state_dict['cls_token'].shape[-1], len(blocks)
-
-
-def infer_variant(state_dict: Mapping[str, torch.Tensor], source: str = 'The checkpoint') -> str:
-    """The registered T2T-ViT variant whose architecture a normalized state dict fits: one with released weights
-    first when several fit (e.g. t2t_vit_14 and t2t_vit_14_resnext differ only in heads)."""
-    target = _architecture(state_dict)
-    fitting = [
-        name for name in timm.list_models('t2t_vit*')
-        if _architecture(timm.create_model(name, device='meta').state_dict()) == target]
-    if not fitting:
-        width, depth = _describe_backbone(state_dict)
-        raise ValueError(
-            f'{source} fits no registered T2T-ViT variant (width {width}, {depth} blocks): name the variant it was '
-            f'built from and the arguments it changed, e.g. --model t2t_vit_7 --model-kwargs embed_dim={width} '
-            f'depth={depth} num_heads=N.')
-    fitting.sort(key=lambda name: (not timm.list_pretrained(f'{name}.*'), name))
-    if len(fitting) > 1:
-        _logger.warning(f'{source} fits {", ".join(fitting)}; using {fitting[0]} (name another with --model).')
-    return fitting[0]
-
-
-def _model_from_checkpoint(model_name: Optional[str], path: Path, model_kwargs: Mapping[str, Any]) -> nn.Module:
-    state_dict = read_checkpoint(path)
-    try:
-        check_t2t_checkpoint(state_dict)
-    except ValueError as e:
-        raise ValueError(f'{path} is not a T2T-ViT checkpoint: {e}') from e
-    state_dict = normalize_state_dict(state_dict)
-    model_name = model_name or infer_variant(state_dict, source=str(path))
-    args = {**model_args_from_state_dict(state_dict), **model_kwargs}
-    overlay = dict(file=str(path))
-    if 'num_classes' in args:
-        overlay['num_classes'] = args['num_classes']
-    if 'img_size' in args:
-        overlay['input_size'] = (args.get('in_chans', 3), *to_2tuple(args['img_size']))
-    _logger.info(f'{path}: {model_name} with {", ".join(f"{k}={v}" for k, v in args.items())}.')
-    try:
-        return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **args)
-    except CheckpointMismatchError as e:
-        raise CheckpointMismatchError(f'{path} does not fit {model_name}', e.mismatch) from e
-
-
-def _check_model_folder(folder: Path) -> Dict[str, Any]:
-    """A saved model folder's config.json, after checking that it parses and names an architecture and that its
-    model.safetensors is whole (its header read, not its weights); each problem raises an error naming the file."""
-    config_file = folder / 'config.json'
-    if not config_file.is_file():
-        raise FileNotFoundError(f'{folder} is a folder without config.json: not a saved model folder.')
-    try:
-        config = json.loads(config_file.read_text(encoding='utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f'{config_file} is not valid JSON ({e}).') from e
-    if not isinstance(config, dict) or not isinstance(config.get('architecture'), str):
-        raise ValueError(f'{config_file} names no architecture: not a config.json as timm\'s save_for_hf writes it.')
-    weights_file = folder / 'model.safetensors'
-    if weights_file.is_file():
-        try:
-            with safe_open(str(weights_file), framework='pt'):
-                pass
-        except SafetensorError as e:
-            problem = str(e).split(': ', 1)[-1]  # past safetensors' 'Error while deserializing header: '
-            raise InvalidCheckpointError(
-                f'{weights_file} is not a readable checkpoint: the file is truncated or corrupted ({problem}).') from e
-    return config
-
-
-def _folder_model_args(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """Model arguments a folder's config.json can only name: a timm ViT with the T2T stem records its embed_layer
-    as 'T2TPatchEmbed' (JSON holds no class), built here with the class."""
-    if config.get('model_args', {}).get('embed_layer') == T2TPatchEmbed.__name__:
-        return dict(embed_layer=T2TPatchEmbed)
-    return {}
-
-
-def load_classifier(
-        model_name: Optional[str] = 't2t_vit_14',
-        weights: Optional[PathLike] = None,
-        model_kwargs: Optional[Mapping[str, Any]] = None,
-) -> nn.Module:
-    """A T2T-ViT in eval mode with its weights: `model_name`'s pretrained ones, or those of `weights`, a checkpoint
-    file (its classes, channels and input size are read from it, and the variant too unless `model_name` says) or a
-    folder written by `save_for_hf` (which names its own architecture). `model_kwargs` go to `timm.create_model`
-    (for a checkpoint of an architecture no entry point builds as it is, e.g. `depth=2`)."""
-    model_kwargs = dict(model_kwargs or {})
-    if model_name:
-        check_model_name(model_name)
-    if weights is None:
-        return timm.create_model(model_name, pretrained=True, **model_kwargs).eval()
-    weights = Path(weights)
-    if weights.is_dir():
-        config = _check_model_folder(weights)
-        if model_kwargs:
-            raise ValueError(f'{weights} is a saved model folder, which names its own arguments: leave out the '
-                             f'model arguments.')
-        model = create_model_from_folder(weights, **_folder_model_args(config))
-        architecture = model.pretrained_cfg.get('architecture')
-        if model_name and model_name.split('.')[0] != architecture:
-            raise ValueError(f'{weights} holds a {architecture}, not a {model_name}; leave out the model name.')
-        _logger.info(f'{weights}: a saved {architecture}.')
-        return model.eval()
-    if model_kwargs and not model_name:
-        raise ValueError('Model arguments need the variant they change: name it too (--model).')
-    return _model_from_checkpoint(model_name, weights, model_kwargs).eval()
 
 
 def _label_names(model: torch.nn.Module) -> List[str]:
@@ -211,19 +77,6 @@ def _input_size(model: torch.nn.Module) -> Tuple[int, int, int]:
     return tuple(resolve_data_config(model=model)['input_size'])
 
 
-def _check_data_config(data_config: Mapping[str, Any], in_chans: int) -> None:
-    """Raise DataConfigError for settings timm would reject with a bare assertion or silently replace."""
-    for key in ('mean', 'std'):
-        values = data_config.get(key)
-        if values is not None and len(values) not in (1, in_chans):
-            raise DataConfigError(
-                key, f'expected {in_chans} values (one per input channel of the model) or 1 (for every channel), '
-                     f'got {len(values)}')
-    crop_pct = data_config.get('crop_pct')
-    if crop_pct is not None and not 0 < crop_pct <= 1:
-        raise DataConfigError('crop_pct', f'expected a fraction of the resized image in (0, 1], got {crop_pct}')
-
-
 def image_transform(
         model: torch.nn.Module,
         data_config: Optional[Mapping[str, Any]] = None,
@@ -239,7 +92,7 @@ def image_transform(
     if in_chans not in (1, 3):
         raise ValueError(f'Images are read as RGB or grayscale; this model takes {in_chans} channels.')
     data_config = dict(data_config or {})
-    _check_data_config(data_config, in_chans)
+    check_data_config(data_config, in_chans)
     config = resolve_data_config(args={**data_config, 'input_size': input_size}, model=model)
     _logger.info(f'Preprocessing: {", ".join(f"{k} {v}" for k, v in config.items())}.')
     return create_transform(**config), 'RGB' if in_chans == 3 else 'L', config
