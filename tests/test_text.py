@@ -22,5 +22,5 @@ def test_the_library_counts_one_in_the_singular():
     own = {'a': torch.zeros(1), 'b': torch.zeros(1)}
     assert describe_mismatch(own, {'a': torch.zeros(1), 'c': torch.zeros(1)}) == (
         '1 key missing: b; 1 key unexpected: c')
-    with pytest.raises(ValueError, match=r'^Expected images with 1 channel \(B, 1, H, W\), got shape'):
+    with pytest.raises(ValueError, match=r'^Expected 1-channel images \(B, 1, H, W\), got shape'):
         check_image_batch(torch.zeros(2, 3, 8, 8), 1, (8, 8), False)

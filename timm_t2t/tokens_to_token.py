@@ -482,8 +482,7 @@ def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int],
             hint = ': the channels look last, permute them with x.permute(0, 3, 1, 2)'
         else:
             hint = f', or create the model with in_chans={x.shape[1]}'
-        raise ValueError(
-            f'Expected images with {plural(in_chans, "channel")} (B, {in_chans}, H, W), got shape {shape}{hint}.')
+        raise ValueError(f'Expected {in_chans}-channel images (B, {in_chans}, H, W), got shape {shape}{hint}.')
     if not x.is_floating_point():
         raise ValueError(
             f'Expected a floating-point image tensor, got {str(x.dtype).replace("torch.", "")}: convert it with '
