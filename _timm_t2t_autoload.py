@@ -4,10 +4,10 @@ At interpreter start, ``timm_t2t_autoload.start`` (Python 3.15+, PEP 829) or the
 ``timm_t2t_autoload.pth`` (earlier Pythons; a matching ``.start`` file turns it off) calls `install`. It imports
 nothing heavy: it only puts an import finder on ``sys.meta_path``. The finder watches the imports of ``timm`` and of
 timm-t2t's own modules; when one of them has finished executing, timm is imported and no timm-t2t module is still
-half-executed, it imports ``timm_t2t.t2t_vit``, whose entry points register with timm's registry, and steps aside.
-So ``timm.create_model('t2t_vit_14')`` works in any script, timm's ``train.py`` included, with no
-``import timm_t2t``; and whichever of timm or a timm-t2t module is imported first, the models register once both are
-complete, without any model module knowing about this.
+half-executed, it imports ``timm_t2t.t2t_vit`` and ``timm_t2t.patch_embed``, whose entry points register with timm's
+registry, and steps aside. So ``timm.create_model('t2t_vit_14')`` works in any script, timm's ``train.py`` included,
+with no ``import timm_t2t``; and whichever of timm or a timm-t2t module is imported first, the models register once
+both are complete, without any model module knowing about this.
 
 Set ``TIMM_T2T_AUTOLOAD=0`` to turn the interpreter-start hook off; ``import timm_t2t`` registers the models either
 way (at once if timm is imported, else as soon as it is).
@@ -20,7 +20,7 @@ import warnings
 ENV_VAR = 'TIMM_T2T_AUTOLOAD'
 _DISABLED_VALUES = ('0', 'false', 'no', 'off')
 _PACKAGE = 'timm_t2t'
-_MODELS = 'timm_t2t.t2t_vit'
+_MODELS = ('timm_t2t.t2t_vit', 'timm_t2t.patch_embed')  # the modules whose entry points register
 
 
 def _watched(fullname: str) -> bool:
@@ -40,11 +40,12 @@ def _ready(executed: str = '') -> bool:
 
 
 def _register_models() -> None:
-    """Import the model module (its entry points register with timm) and remove the finder: its work is done."""
+    """Import the model modules (their entry points register with timm) and remove the finder: its work is done."""
     for finder in [f for f in sys.meta_path if isinstance(f, RegistrationFinder)]:
         sys.meta_path.remove(finder)
     try:
-        __import__(_MODELS)
+        for name in _MODELS:
+            __import__(name)
     except Exception as e:  # a broken plugin must not break `import timm`
         warnings.warn(f'timm-t2t could not register its models with timm: {e!r}', stacklevel=2)
 
@@ -83,7 +84,7 @@ class RegistrationFinder(importlib.abc.MetaPathFinder):
 def register_with_timm() -> None:
     """Register the models now if timm is imported and nothing of timm-t2t is half-executed, else arm the finder
     that registers them as soon as that holds."""
-    if _MODELS in sys.modules:
+    if all(name in sys.modules for name in _MODELS):
         return
     if _ready():
         _register_models()

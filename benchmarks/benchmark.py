@@ -17,7 +17,7 @@ each measured in the same run) the step achieves. For the configurations the tar
 splits the time into matrix multiplications (GEMMs, attention's matmuls and kernels, and the rest: a target that
 needs more than these can give is out of reach.
 
-    python benchmarks/benchmark.py                 # CPU (and CUDA when present); table, JSON and PNG in benchmarks/results
+    python benchmarks/benchmark.py   # CPU (and CUDA) into benchmarks/results
     python benchmarks/benchmark.py --device cpu --quick
 
 Needs matplotlib for the plot and torchao for int8-static (pip install -e ".[bench]").
@@ -45,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm_t2t  # noqa: E402,F401  registers the models, installed or not
 from benchmarks.machine import cpu_name  # noqa: E402
+from timm_t2t._text import HelpFormatter  # noqa: E402
 from timm_t2t.allocator import keep_freed_memory, user_allocator_settings  # noqa: E402
 from timm_t2t.attention import cpu_kernel_choices  # noqa: E402
 from timm_t2t import tokens_to_token  # noqa: E402
@@ -593,7 +594,7 @@ def plot(rows: List[Row], path: Path, processor: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
                         help='auto: CPU, then CUDA too when present')
     parser.add_argument('--quick', action='store_true', help='fewer rounds and configurations (a smoke run)')

@@ -1,4 +1,4 @@
-"""Little data, real images, offline: does the T2T tokenizer let a ViT learn where a plain ViT does not?
+r"""Little data, real images, offline: does the T2T tokenizer let a ViT learn where a plain ViT does not?
 
 scikit-learn ships 1,797 real 8x8 scans of handwritten digits. They are written as an ImageFolder (a stratified
 train/val split with a fixed seed, upscaled to 64 px), and models are trained on them from scratch, with the same
@@ -8,8 +8,8 @@ float32 (AMX, AVX512-BF16) and in float32 elsewhere (`--amp` / `--no-amp` decide
 
 - `t2t_vit_7`, a small T2T-ViT, against `deit_tiny_patch16_224`, a plain ViT of similar size (4.0M parameters
   against 5.5M), both at 64 px: the paper's claim as a whole;
-- `deit_tiny_patch16_224` with `T2TPatchEmbed` as its stem, against the same ViT with its hard patch split: the
-  claim isolated to the tokenizer.
+- `deit_tiny_patch16_224_t2t_stem` (`deit_tiny_patch16_224` with `T2TPatchEmbed` as its stem, registered by
+  timm_t2t), against the same ViT with its hard patch split: the claim isolated to the tokenizer.
 
 Every model is trained once per seed (`--seeds N`: seeds 0 to N-1, 3 by default; the seed sets the initialization,
 the augmentation and the batch order, the split stays the same). Each trained model (the better of it and its EMA)
@@ -20,20 +20,23 @@ summary and every seed's results) and `small_data.png` (validation curves and fi
 the work folder, runs/digits, unless `--results` names another (the recorded run is in benchmarks/results), and
 leaves the first seed's trained models as model folders that the command line and timm load:
 
-    python benchmarks/small_data.py                     # about 3 minutes per seed on 2 CPU cores
+    python benchmarks/small_data.py      # about 3 minutes per seed on 2 cores
     timm-t2t classify runs/digits/data/val/7 --weights runs/digits/t2t_vit_7
-    timm-t2t features runs/digits/data/val/3/0045.png --weights runs/digits/t2t_vit_7 \
-        runs/digits/deit_tiny_patch16_224 runs/digits/deit_tiny_patch16_224_t2t_stem --output features.png
+    timm-t2t features runs/digits/data/val/3/0045.png \
+        --output runs/digits/features.png --weights runs/digits/t2t_vit_7 \
+        runs/digits/deit_tiny_patch16_224 \
+        runs/digits/deit_tiny_patch16_224_t2t_stem
 
 The work folder then takes about 66 MB (the images and the three model folders). timm's training checkpoints, with
 the optimizer and EMA state, are kept only with `--checkpoints`: 60 to 90 MB per model and seed.
 
-With `--timm-scripts DIR` (a pytorch-image-models checkout) the registered models are trained and validated by
-timm's real `train.py` and `validate.py` on the same folder instead, with the same recipe and seeds.
+With `--timm-scripts DIR` (a pytorch-image-models checkout) the three models are trained and validated by timm's
+real `train.py` and `validate.py` on the same folder instead, with the same recipe and seeds.
 
 Needs scikit-learn (and matplotlib for the plot): pip install -e ".[bench]".
 """
 import argparse
+import ast
 import dataclasses
 import importlib.util
 import json
@@ -54,12 +57,15 @@ from timm.data import create_dataset, create_loader
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import CheckpointSaver, ModelEmaV3, accuracy, random_seed
+from torchvision.transforms import Compose
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_name  # noqa: E402
 from timm_t2t import T2TPatchEmbed  # noqa: E402
 from timm_t2t._compat import save_for_hf  # noqa: E402
+from timm_t2t._text import HelpFormatter, plural  # noqa: E402
 from timm_t2t.features import measure_features, resolve_layers  # noqa: E402
+from timm_t2t.images import convert_image  # noqa: E402
 from timm_t2t.recipes import Bf16Support, bf16_is_faster, bf16_support, explain_bf16  # noqa: E402
 
 _logger = logging.getLogger('small_data')
@@ -97,15 +103,14 @@ class Run:
     label: str
     model: str
     kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    timm_script_args: Optional[List[str]] = None  # train.py / validate.py arguments, if the scripts can build it
     folder: Optional[str] = None  # its exported model folder in the work folder (default: the model's name)
 
 
 RUNS = [
-    Run('T2T-ViT-7', 't2t_vit_7', timm_script_args=[]),
-    Run('DeiT-Tiny', 'deit_tiny_patch16_224', timm_script_args=[]),
-    Run('DeiT-Tiny + T2TPatchEmbed', 'deit_tiny_patch16_224', dict(embed_layer=T2TPatchEmbed),
-        folder='deit_tiny_patch16_224_t2t_stem'),
+    Run('T2T-ViT-7', 't2t_vit_7'),
+    Run('DeiT-Tiny', 'deit_tiny_patch16_224'),
+    # registered by timm_t2t (timm's scripts take no class as an argument: they build it by name)
+    Run('DeiT-Tiny + T2TPatchEmbed', 'deit_tiny_patch16_224_t2t_stem'),
 ]
 
 
@@ -133,8 +138,10 @@ def write_digits(root: Path, img_size: int = 64, val_fraction: float = 0.2, seed
 
 
 def _loader(data: Path, split: str, recipe: Recipe, training: bool):
-    dataset = create_dataset('', root=str(data), split=split, is_training=training)
-    return create_loader(
+    # timm's dataset hands each image over as Pillow opens it, and timm_t2t's reader converts it to RGB (scaling a
+    # 16-bit file to 8 bits, which Pillow's own convert would clip to black and white)
+    dataset = create_dataset('', root=str(data), split=split, is_training=training, input_img_mode=None)
+    loader = create_loader(
         dataset,
         input_size=(3, recipe.img_size, recipe.img_size),
         batch_size=recipe.batch_size,
@@ -150,6 +157,8 @@ def _loader(data: Path, split: str, recipe: Recipe, training: bool):
         device=torch.device('cpu'),
         use_prefetcher=False,
     )
+    dataset.transform = Compose([partial(convert_image, mode='RGB'), dataset.transform])
+    return loader
 
 
 def val_loader(data: Path, recipe: Optional[Recipe] = None, split: str = 'val'):
@@ -262,14 +271,30 @@ def timm_experiment(run: Run, recipe: Recipe) -> str:
     return f'{run.model}-seed{recipe.seed}'
 
 
+def timm_model_kwargs(run: Run, recipe: Recipe) -> List[str]:
+    """The `--model-kwargs` of a run for timm's scripts, KEY=VALUE with each value a Python literal (as the scripts
+    read it back). ValueError for an argument that is not one, e.g. a class: the scripts can build such a model
+    only by a registered name (as deit_tiny_patch16_224_t2t_stem is registered)."""
+    kwargs = dict(img_size=recipe.img_size, **run.kwargs)
+    for key, value in kwargs.items():
+        try:
+            literal = ast.literal_eval(repr(value)) == value
+        except (ValueError, SyntaxError):
+            literal = False
+        if not literal:
+            raise ValueError(f'{run.label}: timm\'s scripts take model arguments as Python literals, and {key}='
+                             f'{value!r} is not one: register a model name for it.')
+    return [f'{key}={value!r}' for key, value in kwargs.items()]
+
+
 def timm_script_args(run: Run, data: Path, out_dir: Path, recipe: Recipe) -> Tuple[List[str], List[str]]:
     """The command lines (after the script's path) with which train.py trains a registered model by the recipe into
     out_dir/<model>-seed<seed>, and validate.py then validates its last checkpoint."""
     # the scripts' --img-size sets the data; a fixed-size ViT is built for it through --model-kwargs
     common = ['--model', run.model, '--img-size', str(recipe.img_size), '--num-classes', str(len(DIGITS)),
               '--interpolation', 'bicubic', '--mean', *map(str, MEAN), '--std', *map(str, STD),
-              '--crop-pct', '1.0', '--workers', '0', '--device', 'cpu', *run.timm_script_args,
-              '--model-kwargs', f'img_size={recipe.img_size}']
+              '--crop-pct', '1.0', '--workers', '0', '--device', 'cpu',
+              '--model-kwargs', *timm_model_kwargs(run, recipe)]
     experiment = timm_experiment(run, recipe)
     train_args = [
         str(data), '--train-split', 'train', '--val-split', 'val',
@@ -372,33 +397,39 @@ def format_features_table(summary: Sequence[Dict[str, Any]]) -> str:
 
 def plot(results: Sequence[Dict[str, Any]], summary: Sequence[Dict[str, Any]], path: Path) -> None:
     """Validation curves (mean over seeds, std error bars, min-max band) and final top-1 of the model and its EMA
-    (mean, std error bars, one dot per seed)."""
+    (mean, std error bars, one dot per seed); of a single seed, its curves and final top-1 alone, and the titles say
+    which."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, (curves, final) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw=dict(width_ratios=(3, 2)))
     width = 0.38
+    seeds = len(summary[0]['seeds'])
+    spread = seeds > 1  # a single seed has no std, range or seeds to show apart from its values
     for i, arm in enumerate(summary):
         per_seed = np.array([r['val_top1_curve'] for r in results if r['label'] == arm['label']])
         epochs = np.arange(1, per_seed.shape[1] + 1)
-        std = per_seed.std(axis=0, ddof=1) if len(per_seed) > 1 else None
+        std = per_seed.std(axis=0, ddof=1) if spread else None
         line = curves.errorbar(epochs, per_seed.mean(axis=0), yerr=std, marker='o', capsize=3, label=arm['label'])
         color = line.lines[0].get_color()
-        curves.fill_between(epochs, per_seed.min(axis=0), per_seed.max(axis=0), color=color, alpha=0.15)
+        if spread:
+            curves.fill_between(epochs, per_seed.min(axis=0), per_seed.max(axis=0), color=color, alpha=0.15)
         for offset, metric, hatch in ((-width / 2, 'val_top1', None), (width / 2, 'val_top1_ema', '//')):
             stats = arm[metric]
             final.bar(i + offset, stats['mean'], width, yerr=stats['std'], capsize=4, color=color, alpha=0.6,
                       hatch=hatch, edgecolor='black', linewidth=0.5)
-            values = [r[metric] for r in results if r['label'] == arm['label']]
-            final.plot([i + offset] * len(values), values, 'k.', markersize=5)
-    seeds = len(summary[0]['seeds'])
-    fig.suptitle(f'Digits (1,437 training images), from scratch, 64 px: {seeds} seed{"s" if seeds > 1 else ""}, '
-                 'mean ± std')
-    curves.set(xlabel='epoch', ylabel='validation top-1 (%)', title='validation curves (band: min-max)')
+            if spread:
+                values = [r[metric] for r in results if r['label'] == arm['label']]
+                final.plot([i + offset] * len(values), values, 'k.', markersize=5)
+    fig.suptitle(f'Digits (1,437 training images), from scratch, 64 px: {plural(seeds, "seed")}'
+                 + (', mean ± std' if spread else ''))
+    curves.set(xlabel='epoch', ylabel='validation top-1 (%)',
+               title='validation curves' + (' (band: min-max)' if spread else ''))
     curves.grid(True, alpha=0.3)
     curves.legend()
     final.set_xticks(range(len(summary)), [arm['label'].replace(' + ', '\n+ ') for arm in summary])
-    final.set(ylabel='final validation top-1 (%)', ylim=(0, 102), title='model and EMA (hatched), dots: seeds')
+    final.set(ylabel='final validation top-1 (%)', ylim=(0, 102),
+              title='model and EMA (hatched)' + (', dots: seeds' if spread else ''))
     final.grid(True, axis='y', alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -442,7 +473,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument('--work-dir', type=Path, default=Path('runs/digits'),
                         help='images, the trained T2T-ViT and any checkpoints go here (default: %(default)s)')
     parser.add_argument('--results', type=Path,
@@ -467,6 +498,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         if absent:
             parser.error(f'--timm-scripts {args.timm_scripts}: no {" and no ".join(absent)} there '
                          '(expected a pytorch-image-models checkout)')
+        for run in RUNS:
+            try:
+                timm_model_kwargs(run, Recipe(amp=False))
+            except ValueError as e:
+                parser.error(f'--timm-scripts: {e}')
     args.results = args.results or args.work_dir
     # the experiment's progress; libraries' warnings and errors only (not, e.g., matplotlib building its font cache)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
@@ -483,7 +519,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         for run in RUNS:
             if not args.timm_scripts:
                 results.append(train_arm(run, data, args.work_dir, recipe, args.checkpoints, seed == seeds[0]))
-            elif run.timm_script_args is not None:
+            else:
                 results.append(run_timm_scripts(
                     run, args.timm_scripts, data, args.work_dir / 'timm-scripts', recipe, args.checkpoints))
 

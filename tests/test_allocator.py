@@ -56,8 +56,8 @@ def test_the_command_keeps_freed_memory():
     result = run_python('import json\n'
                         'from unittest import mock\n'
                         'from timm_t2t import allocator, cli\n'
-                        'with mock.patch.object(allocator, "keep_freed_memory", wraps=allocator.keep_freed_memory) as k, \\\n'
-                        '        mock.patch.dict(cli._COMMANDS, list=lambda args: None):\n'
+                        'keep = mock.patch.object(allocator, "keep_freed_memory", wraps=allocator.keep_freed_memory)\n'
+                        'with keep as k, mock.patch.dict(cli._COMMANDS, list=lambda args: None):\n'
                         '    cli.main(["list"])\n'
                         'print(json.dumps(k.call_count))')
     assert result == 1

@@ -2,9 +2,11 @@
 command answers --help without importing torch."""
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +29,6 @@ TINY_7 = dict(img_size=64, embed_dim=32, depth=1, num_heads=2, mlp_ratio=1., tok
 
 def _cli(*args, env=None, timeout=300):
     """Run the installed command in a fresh interpreter, as a user's shell would."""
-    import os
     environ = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'TIMM_T2T'))}
     environ.update(env or {})
     return subprocess.run([sys.executable, '-m', 'timm_t2t', *map(str, args)], capture_output=True, text=True,
@@ -148,7 +149,17 @@ def test_classify_folders_in_batches_with_outputs(images, checkpoint, tmp_path, 
 
     single = json.loads(json_path.read_text())
     assert len(single) == 1 and single[0]['classes'] == _expected_top(model, [paths[1]], 3).indices[0].tolist()
-    assert f'{paths[0]}:' in printed and 'Wrote 5 predictions' in printed
+    assert printed.splitlines() == [f'Wrote 5 predictions to {csv_path}.', f'Wrote 1 prediction to {json_path}.']
+
+
+def test_without_output_the_predictions_are_printed(images, checkpoint, capsys):
+    cli_main(['classify', str(images / 'img0.png'), str(images / 'img1.png'), '--weights', str(checkpoint),
+              '--top-k', '2'])
+    model = timm.create_model('t2t_vit_7', checkpoint_path=str(checkpoint), **SMALL_7)
+    top = _expected_top(model, [images / 'img0.png', images / 'img1.png'], 2)
+    assert capsys.readouterr().out.splitlines() == [
+        line for path, values, indices in zip(('img0.png', 'img1.png'), top.values.tolist(), top.indices.tolist())
+        for line in [f'{images / path}:', *(f'  {value:7.2%}  class {index}' for value, index in zip(values, indices))]]
 
 
 def test_classify_a_saved_folder_uses_its_labels(images, tmp_path, capsys):
@@ -243,14 +254,22 @@ def test_unreadable_images_are_named_and_the_rest_classified(images, checkpoint,
         f'(UnidentifiedImageError).',
         f'timm-t2t classify: skipped: {images / "nested" / "empty.jpg"} is not an image Pillow can read '
         f'(UnidentifiedImageError).',
-        'timm-t2t classify: error: 2 of 7 images could not be read (each named above); the other 5 were classified.']
+        'timm-t2t classify: error: Could not read 2 of 7 images (named above); 5 images classified.']
     paths = sorted(images.glob('img*.png')) + [images / 'nested' / 'img4.png']
     model = timm.create_model('t2t_vit_7', checkpoint_path=str(checkpoint), **SMALL_7)
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert [r['path'] for r in rows] == list(map(str, paths))
     assert [int(r['class']) for r in rows] == _expected_top(model, paths, 1).indices.flatten().tolist()
-    assert f'Wrote 5 predictions to {out}.' in done.stdout
+    assert done.stdout.splitlines() == [f'Wrote 5 predictions to {out}.']
+
+
+def test_counts_of_one_and_none_are_grammatical(images, checkpoint, tmp_path, capsys):
+    (tmp_path / 'broken.png').write_text('not an image')
+    out = tmp_path / 'out.json'
+    assert _error_line('classify', tmp_path / 'broken.png', '--weights', checkpoint, '--output', out).endswith(
+        'Could not read 1 of 1 image (named above); 0 images classified.')
+    assert capsys.readouterr().out.splitlines() == [f'Wrote 0 predictions to {out}.'] and json.loads(out.read_text()) == []
 
 
 def test_output_folder_is_checked_before_torch_loads(tmp_path, images):
@@ -261,6 +280,35 @@ def test_output_folder_is_checked_before_torch_loads(tmp_path, images):
     assert message == (f'timm-t2t classify: error: No folder {out.parent} to write --output {out} into: create it '
                        f'first.')
     assert not torch_imported
+
+
+@pytest.mark.parametrize('make, problem', [
+    (lambda out: out.mkdir(), 'Is a directory'),
+    (lambda out: out.parent.chmod(0o500), 'Permission denied'),
+], ids=['a folder', 'a read-only folder'])
+def test_an_output_that_cannot_be_written_fails_before_torch_loads(tmp_path, images, make, problem):
+    out = tmp_path / 'out' / 'out.csv'
+    out.parent.mkdir()
+    make(out)
+    if problem == 'Permission denied' and os.access(out.parent, os.W_OK):
+        pytest.skip('this user writes into read-only folders (root)')
+    code = ('import json, sys\nfrom timm_t2t.cli import main\ntry:\n    main(["classify", IMAGES, "--output", OUT])\n'
+            'except SystemExit as e:\n    print(json.dumps([str(e.code), "torch" in sys.modules]))')
+    try:
+        message, torch_imported = run_python(code.replace('IMAGES', repr(str(images))).replace('OUT', repr(str(out))))
+    finally:
+        out.parent.chmod(0o700)
+    assert message == f'timm-t2t classify: error: Cannot write --output {out}: {problem}.' and not torch_imported
+
+
+def test_checking_the_output_leaves_no_file_behind(tmp_path, images):
+    out = tmp_path / 'out.csv'
+    assert _error_line('classify', images, '--output', out, '--weights', tmp_path / 'nowhere.pth').endswith(
+        f'No checkpoint file or model folder at {tmp_path / "nowhere.pth"}.')
+    assert not out.exists()
+    out.write_text('kept')  # an existing file is checked without being changed
+    _error_line('classify', images, '--output', out, '--weights', tmp_path / 'nowhere.pth')
+    assert out.read_text() == 'kept'
 
 
 @pytest.mark.parametrize('args, problem', [
@@ -323,7 +371,6 @@ def test_a_broken_torch_install_says_what_to_do(tmp_path, images):
     fake = tmp_path / 'site' / 'torchvision'  # a torchvision built for another torch fails like this on import
     fake.mkdir(parents=True)
     (fake / '__init__.py').write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
-    import os
     path = os.pathsep.join(p for p in (os.environ.get('PYTHONPATH'), str(fake.parent)) if p)
     for args in (['list'], ['classify', images]):
         done = _cli(*args, env=dict(PYTHONPATH=path))
@@ -456,7 +503,7 @@ def test_classify_a_checkpoint_of_another_architecture(images, tmp_path):
     path = tmp_path / 'tiny.pth.tar'
     torch.save({'state_dict_ema': model.state_dict()}, path)
     message = _error_line('classify', images, '--weights', path)
-    assert message.endswith(f'{path} fits no registered T2T-ViT variant (width 32, 1 blocks): name the variant it '
+    assert message.endswith(f'{path} fits no registered T2T-ViT variant (width 32, 1 block): name the variant it '
                             f'was built from and the arguments it changed, e.g. --model t2t_vit_7 --model-kwargs '
                             f'embed_dim=32 depth=1 num_heads=N.')
     assert _error_line('classify', images, '--weights', path, '--model-kwargs', 'depth=1').endswith(
@@ -469,3 +516,60 @@ def test_classify_a_checkpoint_of_another_architecture(images, tmp_path):
     cli_main(['classify', str(images / 'img0.png'), '--weights', str(path), '--model', 't2t_vit_7', '--model-kwargs',
               'embed_dim=32', 'depth=1', 'num_heads=2', 'mlp_ratio=1.0', 'token_dim=8', '--output', str(out)])
     assert json.loads(out.read_text())[0]['classes'] == _expected_top(model, [images / 'img0.png'], 3).indices[0].tolist()
+
+
+def test_a_16_bit_image_is_classified_as_its_8_bit_copy(digits_model, tmp_path):
+    plain = [sorted((digits_model.data / 'val' / digit).glob('*.png'))[0] for digit in '0123456789']
+    deep = []
+    for path in plain:  # what a 16-bit scan of each digit holds: every value times 257
+        deep.append(tmp_path / f'{path.parent.name}.png')
+        Image.fromarray(np.asarray(Image.open(path), dtype=np.uint16) * 257).save(deep[-1])
+    assert Image.open(deep[0]).mode.startswith('I')
+    from_plain = _classify_json(tmp_path / 'plain.json', *plain, '--weights', digits_model.folder)
+    from_deep = _classify_json(tmp_path / 'deep.json', *deep, '--weights', digits_model.folder)
+    assert [(p['classes'], p['probabilities']) for p in from_deep] == [
+        (p['classes'], p['probabilities']) for p in from_plain]
+
+
+def test_an_image_too_large_for_pillow_is_skipped_in_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 8000)  # read with a warning over 8,000 pixels, refused over 16,000
+    rng = np.random.default_rng(0)
+    sides = {'a_small.png': 60, 'b_large.png': 100, 'c_too_large.png': 150}
+    for name, side in sides.items():
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(tmp_path / name)
+    out = tmp_path / 'out.csv'
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        message = _error_line('classify', *(tmp_path / name for name in sides), '--weights', checkpoint, '--top-k',
+                              '1', '--output', out)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith('timm-t2t')] == [
+        f'timm-t2t classify: skipped: {tmp_path / "c_too_large.png"} is too large to read: over 16,000 pixels, which '
+        f'Pillow refuses as a possible decompression bomb (downscale it first).']
+    assert message.endswith('Could not read 1 of 3 images (named above); 2 images classified.')
+    with open(out) as f:
+        assert [row['path'] for row in csv.DictReader(f)] == [str(tmp_path / 'a_small.png'),
+                                                              str(tmp_path / 'b_large.png')]
+
+
+@pytest.mark.parametrize('columns', [80, 120])
+def test_every_help_wraps_at_the_same_width(monkeypatch, capsys, columns):
+    monkeypatch.setenv('COLUMNS', str(columns))
+    for command in ([], ['list'], ['info'], ['classify'], ['convert'], ['features']):
+        with pytest.raises(SystemExit):
+            cli_main([*command, '--help'])
+        lines = capsys.readouterr().out.splitlines()
+        assert max(map(len, lines)) <= columns - 2, (command, max(lines, key=len))  # argparse's width
+
+
+def test_outputs_written_in_the_checkout_root_are_not_tracked():
+    """README's examples write classify's and features' outputs into the current folder, a checkout's root."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / '.git').exists():
+        pytest.skip('not a git checkout')
+    names = [f'out{suffix}' for suffix in ('.csv', '.json', *cli._FIGURE_SUFFIXES)]
+    done = subprocess.run(['git', 'check-ignore', '--no-index', *names], cwd=repo, capture_output=True, text=True)
+    assert done.stdout.split() == names
+    tracked_but_ignored = subprocess.run(['git', 'ls-files', '--cached', '--ignored', '--exclude-standard'], cwd=repo,
+                                         capture_output=True, text=True, check=True).stdout
+    assert tracked_but_ignored == ''  # benchmarks/results and examples stay tracked

@@ -93,7 +93,7 @@ def test_layers_default_to_a_few_spread_over_depth_and_count_from_the_end(small_
     assert resolve_layers(model, [-1, 0, 0, 1]) == [0, 1, 3]
     with pytest.raises(ValueError) as error:
         resolve_layers(model, [0, 4], 'small')
-    assert str(error.value) == ('small has no layer 4: its 4 feature layers are 0 to 3 (tokens_to_token.attention1 '
+    assert str(error.value) == ('small has no layer 4: it has 4 feature layers, 0 to 3 (tokens_to_token.attention1 '
                                 'to blocks.1), or -4 to -1 counted from the end.')
 
 
@@ -278,7 +278,7 @@ def test_bad_input_is_one_line(images, model_folders, tmp_path, monkeypatch):
     assert _error_line('features', images, '--models', 'test_vit.bogus') == (
         "test_vit has no pretrained tag 'bogus' (its tags: r160_in1k).")
     assert _error_line('features', images, '--weights', model_folders[0], '--layers', '1', '7') == (
-        't2t_vit_7 has no layer 7: its 4 feature layers are 0 to 3 (tokens_to_token.attention1 to blocks.1), or -4 '
+        't2t_vit_7 has no layer 7: it has 4 feature layers, 0 to 3 (tokens_to_token.attention1 to blocks.1), or -4 '
         'to -1 counted from the end.')
     assert _error_line('features', images, '--weights', model_folders[0], '--output', tmp_path / 'fig.gif') == (
         f'Cannot tell the format of {tmp_path / "fig.gif"}: name it .png, .jpg, .jpeg, .pdf, .svg.')
@@ -302,6 +302,29 @@ def test_unreadable_images_and_missing_matplotlib_are_one_line_before_torch_load
     message, torch_imported = run_python(no_matplotlib + code.replace('ARGS', repr(args)))
     assert message == ('timm-t2t features: error: Drawing the figure (--output) needs matplotlib: pip install '
                        'matplotlib (or pip install "timm-t2t[bench]").') and not torch_imported
+
+
+def test_an_output_that_cannot_be_written_is_one_line_before_torch_loads(images, tmp_path):
+    (tmp_path / 'taken.json').mkdir()
+    code = ('import json, sys\nfrom timm_t2t.cli import main\ntry:\n    main(ARGS)\n'
+            'except SystemExit as e:\n    print(json.dumps([str(e.code), "torch" in sys.modules]))')
+    args = ['features', str(images), '--models', 'x', '--json', str(tmp_path / 'taken.json')]
+    message, torch_imported = run_python(code.replace('ARGS', repr(args)))
+    assert message == (f'timm-t2t features: error: Cannot write --json {tmp_path / "taken.json"}: Is a '
+                       f'directory.') and not torch_imported
+
+
+def test_a_16_bit_image_is_measured_as_its_8_bit_copy(model_folders, tmp_path):
+    greys = np.random.default_rng(0).integers(0, 256, (2, 64, 64), dtype=np.uint8)
+    reports = []
+    for name, dtype, scale in (('8-bit', np.uint8, 1), ('16-bit', np.uint16, 257)):  # 16-bit: each value times 257
+        (tmp_path / name).mkdir()
+        for i, grey in enumerate(greys):
+            Image.fromarray(grey.astype(dtype) * scale).save(tmp_path / name / f'img{i}.png')
+        cli_main(['features', str(tmp_path / name), '--weights', str(model_folders[0]), '--json',
+                  str(tmp_path / f'{name}.json')])
+        reports.append(json.loads((tmp_path / f'{name}.json').read_text())['models'])
+    assert Image.open(tmp_path / '16-bit' / 'img0.png').mode.startswith('I') and reports[1] == reports[0]
 
 
 def test_models_and_weights_must_pair_up(images, model_folders, capsys):

@@ -229,9 +229,9 @@ def test_fused_attention_follows_timms_switch(t2t_layer):
     (lambda: torch.randn(3, 64, 64), r'Expected a batch of images \(B, 3, H, W\), got a tensor of shape \(3, 64, 64\): '
                                      r'add the batch dimension with x\.unsqueeze\(0\)\.$'),
     (lambda: torch.randn(64, 64), r'Expected a batch of images \(B, 3, H, W\), got a tensor of shape \(64, 64\)\.$'),
-    (lambda: torch.randn(2, 64, 64, 3), r'Expected images with 3 channels \(B, 3, H, W\), got shape \(2, 64, 64, 3\): '
+    (lambda: torch.randn(2, 64, 64, 3), r'Expected 3-channel images \(B, 3, H, W\), got shape \(2, 64, 64, 3\): '
                                         r'the channels look last, permute them with x\.permute\(0, 3, 1, 2\)\.$'),
-    (lambda: torch.randn(2, 1, 64, 64), r'Expected images with 3 channels \(B, 3, H, W\), got shape \(2, 1, 64, 64\), '
+    (lambda: torch.randn(2, 1, 64, 64), r'Expected 3-channel images \(B, 3, H, W\), got shape \(2, 1, 64, 64\), '
                                         r'or create the model with in_chans=1\.$'),
     (lambda: torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8),
      r'Expected a floating-point image tensor, got uint8: convert it with x\.float\(\) / 255'),

@@ -140,6 +140,34 @@ def test_bf16_support_is_what_torch_reports_for_this_cpu():
     assert bf16_support() is support  # measured once per process
 
 
+def test_the_bf16_matmul_is_timed_on_one_thread_and_the_threads_restored(monkeypatch):
+    """All threads would wait for whichever one a busy machine delays: a figure that changes from run to run."""
+    calls, matmul = [], torch.matmul
+    threads = torch.get_num_threads()
+
+    def recorded(x, y):
+        calls.append((x.dtype, torch.get_num_threads()))
+        return matmul(x, y)
+
+    monkeypatch.setattr(torch, 'matmul', recorded)
+    assert recipes._bf16_matmul_speedup(size=64, tries=3) > 0
+    assert calls == [(dtype, 1) for _ in range(1 + 3) for dtype in (torch.float32, torch.bfloat16)]
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize('images, words', [(1, '1 image'), (2, '2 images')])
+def test_the_calibration_images_are_counted_in_words(monkeypatch, caplog, images, words):
+    try:
+        recipes.check_recipe('int8-static')
+    except recipes.RecipeUnavailableError as e:
+        pytest.skip(str(e))
+    monkeypatch.setattr(recipes, '_quantize_static', lambda model, example, calibration: model)  # the log line only
+    monkeypatch.setattr(recipes, '_compiled', lambda model, example, recipe: model)
+    caplog.set_level(logging.INFO, logger='timm_t2t.recipes')
+    prepare(torch.nn.Linear(4, 2), 'int8-static', torch.randn(1, 4), [torch.randn(1, 4)] * images)
+    assert f'calibrated on {words} (torchao' in caplog.text
+
+
 @pytest.mark.skipif(platform.machine() != 'x86_64', reason='the AVX2 emulation limits x86 instruction sets only')
 def test_an_avx2_only_cpu_trains_and_times_in_float32():
     """A real run of torch on AVX2 alone (the instruction sets of this CPU limited to AVX2, as on an AMD EPYC before

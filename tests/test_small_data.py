@@ -14,18 +14,21 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.utils import random_seed
 
 import benchmarks.small_data as small_data
 from benchmarks.small_data import (
     DIGITS, FEATURE_METRICS, METRICS, RUNS, Recipe, Run, create, evaluate, export, folder_model_args, format_spread,
     format_table, summarize, timm_script_args, training_precision, val_loader, write_digits)
 from benchmarks.small_data import main as small_data_main
-from timm_t2t import T2TPatchEmbed
+from timm_t2t import T2TPatchEmbed, recipes
 from timm_t2t._compat import create_model_from_folder
 from timm_t2t.cli import main as cli_main
 from timm_t2t.predict import image_transform
-from timm_t2t.recipes import Bf16Support, bf16_is_faster, bf16_support
+from timm_t2t.recipes import Bf16Support, bf16_is_faster, bf16_support, explain_bf16
 from timm_t2t.weights import load_classifier
+
+from fresh_python import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -254,3 +257,132 @@ def test_every_model_is_trained_for_every_seed_and_summarized(tmp_path):
                 f'{rank["mean"]:.1f} ± {rank["std"]:.1f} ({rank["min"]:.1f}-{rank["max"]:.1f})')
                 for line in features_table)
     assert len(features_table) == 2 + 4
+
+
+def test_a_16_bit_image_folder_is_read_as_its_8_bit_copy(tmp_path):
+    greys = np.random.default_rng(0).integers(0, 256, (4, 64, 64), dtype=np.uint8)
+    for name, dtype, scale in (('8-bit', np.uint8, 1), ('16-bit', np.uint16, 257)):  # 16-bit: each value times 257
+        for split in ('train', 'val'):
+            for digit, grey in zip(DIGITS, greys):
+                (tmp_path / name / split / digit).mkdir(parents=True)
+                Image.fromarray(grey.astype(dtype) * scale).save(tmp_path / name / split / digit / '0000.png')
+    assert Image.open(tmp_path / '16-bit' / 'val' / '0' / '0000.png').mode.startswith('I')
+    recipe = Recipe(amp=False, batch_size=len(greys))  # training drops an incomplete last batch
+    batches = {}
+    for name in ('8-bit', '16-bit'):
+        random_seed(0)  # the same random crops for both
+        batches[name] = [next(iter(small_data._loader(tmp_path / name, 'train', recipe, training=True))),
+                         next(iter(val_loader(tmp_path / name, recipe)))]
+    for (x, target), (expected, expected_target) in zip(batches['16-bit'], batches['8-bit']):
+        torch.testing.assert_close(x, expected, rtol=0, atol=0)
+        assert torch.equal(target, expected_target)
+
+
+def test_the_plot_says_what_it_draws(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+    titles = []
+    monkeypatch.setattr(Figure, 'savefig', lambda figure, *args, **kwargs: titles.append(
+        [figure.get_suptitle(), *(axes.get_title() for axes in figure.axes)]))
+    for seeds in (1, 3):
+        results = [_per_seed('A', seed, 90. + seed, 91., 40., val_top1_curve=[50., 90. + seed]) for seed in range(seeds)]
+        small_data.plot(results, summarize(results), tmp_path / 'plot.png')
+    assert titles == [
+        ['Digits (1,437 training images), from scratch, 64 px: 1 seed', 'validation curves', 'model and EMA (hatched)'],
+        ['Digits (1,437 training images), from scratch, 64 px: 3 seeds, mean ± std', 'validation curves (band: min-max)',
+         'model and EMA (hatched), dots: seeds']]
+
+
+def test_the_t2t_stem_vit_is_registered_and_its_folder_names_it(tmp_path):
+    run = Run('tiny stem', 'deit_tiny_patch16_224_t2t_stem', dict(depth=1, embed_dim=32, num_heads=1))
+    recipe = Recipe(amp=False)
+    model = create(run, recipe).eval()
+    assert isinstance(model.patch_embed, T2TPatchEmbed) and model.num_classes == 10
+    folder = export(model, tmp_path / 'stem', recipe, folder_model_args(run, recipe))
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'deit_tiny_patch16_224_t2t_stem' and 'embed_layer' not in config['model_args']
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(create_model_from_folder(folder).eval()(x), model(x))
+
+
+FAKE_SCRIPT = """import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open(Path(__file__).parent / 'calls.jsonl', 'a') as f:
+    f.write(json.dumps([Path(__file__).name, *args]) + '\\n')
+if '--results-file' in args:  # validate.py, after train.py made the output folder
+    results = Path(args[args.index('--results-file') + 1])
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(dict(top1=50.0, param_count=1.0)))
+"""
+
+# train.py's own parsing of the options that build the model, and its create_model call
+BUILD_AS_TRAIN_PY = """import argparse, json, sys, timm, torch
+from timm.utils import ParseKwargs
+parser = argparse.ArgumentParser()
+for option in ('--model', '--num-classes', '--img-size'):
+    parser.add_argument(option)
+parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+built = []
+for argv in ARGVS:
+    args, _ = parser.parse_known_args(argv)
+    model = timm.create_model(args.model, num_classes=int(args.num_classes), **args.model_kwargs).eval()
+    size = int(args.img_size)
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, size, size))
+    built.append([args.model, type(getattr(model, 'patch_embed', model)).__name__, list(logits.shape)])
+print(json.dumps(built))
+"""
+
+
+def test_timm_scripts_train_and_validate_every_model(tmp_path):
+    scripts = tmp_path / 'scripts'
+    scripts.mkdir()
+    for name in ('train.py', 'validate.py'):
+        (scripts / name).write_text(FAKE_SCRIPT)
+    small_data_main(['--timm-scripts', str(scripts), '--work-dir', str(tmp_path / 'work'), '--seeds', '1',
+                     '--epochs', '1', '--no-amp'])
+    calls = [json.loads(line) for line in (scripts / 'calls.jsonl').read_text().splitlines()]
+    assert [(call[0], call[call.index('--model') + 1]) for call in calls] == [
+        (script, model) for model in ('t2t_vit_7', 'deit_tiny_patch16_224', 'deit_tiny_patch16_224_t2t_stem')
+        for script in ('train.py', 'validate.py')]
+    report = json.loads((tmp_path / 'work' / 'small_data_timm_scripts.json').read_text())
+    assert [arm['label'] for arm in report['summary']] == [f'{run.label} (timm train.py)' for run in RUNS]
+    # each model as train.py builds it from its command line, in an interpreter that imports timm, not timm_t2t
+    built = run_python(BUILD_AS_TRAIN_PY.replace('ARGVS', repr([call[1:] for call in calls[::2]])))
+    assert built == [['t2t_vit_7', 'T2TViT', [1, 10]], ['deit_tiny_patch16_224', 'PatchEmbed', [1, 10]],
+                     ['deit_tiny_patch16_224_t2t_stem', 'T2TPatchEmbed', [1, 10]]]
+
+
+def test_a_model_argument_timm_scripts_cannot_take_is_one_line(tmp_path, monkeypatch, capsys):
+    for name in ('train.py', 'validate.py'):
+        (tmp_path / name).write_text(FAKE_SCRIPT)
+    monkeypatch.setattr(small_data, 'RUNS', [Run('custom stem', 'deit_tiny_patch16_224', dict(embed_layer=T2TPatchEmbed))])
+    with pytest.raises(SystemExit) as exit_info:
+        small_data_main(['--timm-scripts', str(tmp_path), '--work-dir', str(tmp_path / 'work')])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(
+        "--timm-scripts: custom stem: timm's scripts take model arguments as Python literals, and embed_layer="
+        f"{T2TPatchEmbed!r} is not one: register a model name for it.")
+    assert not (tmp_path / 'calls.jsonl').exists()
+
+
+def test_the_test_header_and_the_experiment_state_one_bf16_measurement():
+    import conftest
+    explanation = explain_bf16(bf16_support())
+    assert conftest.pytest_report_header(None).endswith(f': {explanation}')
+    assert f': {explanation} (--' in training_precision(None, bf16_support())[1]
+    assert recipes.bf16_support.cache_info().misses == 1  # measured once in this process, whoever asks
+
+
+@pytest.mark.parametrize('script', ['small_data.py', 'benchmark.py', 'amp_check.py'])
+def test_the_experiments_help_wraps_at_the_commands_width(script):
+    done = subprocess.run([sys.executable, str(REPO / 'benchmarks' / script), '--help'], capture_output=True,
+                          text=True, env={**os.environ, 'COLUMNS': '80'}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(map(len, lines)) <= 78, max(lines, key=len)  # argparse's width, as the command's help
+    description = lines[:lines.index('options:')]
+    assert not [line for line in description if re.search(r'\S {8}', line)]  # no line run into the next
+    for line, after in zip(description, description[1:]):
+        if line.endswith('\\'):  # a command continued on the next line, as written
+            assert after.startswith(' ' * 8)

@@ -10,6 +10,8 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from timm.models import clean_state_dict
 
+from ._text import plural
+
 __all__ = [
     'CheckpointMismatchError', 'check_t2t_checkpoint', 'describe_mismatch', 'normalize_state_dict',
     'remap_reference_keys',
@@ -112,6 +114,7 @@ def describe_mismatch(own: Mapping[str, torch.Tensor], state_dict: Mapping[str, 
             for k, v in state_dict.items() if k in own and v.shape != own[k].shape]),
     )
     problems += [
-        f'{len(keys)} keys {label}: {", ".join(keys[:3])}{f" and {len(keys) - 3} more" if len(keys) > 3 else ""}'
+        f'{plural(len(keys), "key")} {label}: {", ".join(keys[:3])}'
+        f'{f" and {len(keys) - 3} more" if len(keys) > 3 else ""}'
         for label, keys in groups if keys]
     return '; '.join(problems)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import allocator
+from ._text import HelpFormatter, plural
 
 __all__ = ['main']
 
@@ -23,11 +24,16 @@ _logger = logging.getLogger(__name__)
 
 _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
 
-  timm-t2t list                                     the variants: size, cost, pretrained tags, cached weights
-  timm-t2t info MODEL                               a model's config, feature pyramid and weight sources
-  timm-t2t classify IMAGE_OR_FOLDER...              top-k classes of images
-  timm-t2t convert CHECKPOINT OUT_DIR --model NAME  a checkpoint (or model folder) as a Hugging Face Hub folder
-  timm-t2t features IMAGE_OR_FOLDER... --models M   feature maps as the paper's Figure 2, invalid channels, richness
+  timm-t2t list
+      the variants: size, cost, pretrained tags, cached weights
+  timm-t2t info MODEL
+      a model's config, feature pyramid and weight sources
+  timm-t2t classify IMAGE_OR_FOLDER...
+      top-k classes of images
+  timm-t2t convert CHECKPOINT OUT_DIR --model NAME
+      a checkpoint (or model folder) as a Hugging Face Hub folder
+  timm-t2t features IMAGE_OR_FOLDER... --models M
+      feature maps as the paper's Figure 2, invalid channels, richness
 
 Run `timm-t2t COMMAND --help` for a command's options.
 """
@@ -41,7 +47,11 @@ _OFFLINE_ADVICE = ('Pass weights you have with --weights FILE, or train a digits
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse, with usage errors on one line (the usage itself is one `--help` away)."""
+    """argparse, with usage errors on one line (the usage itself is one `--help` away) and every command's help
+    wrapped at one width."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
@@ -135,7 +145,7 @@ def _add_classify(subparsers) -> None:
     parser.add_argument('--top-k', type=_positive_int, default=5, help='classes per image (default: %(default)s)')
     parser.add_argument('--batch-size', type=_positive_int, default=16,
                         help='images per forward pass (default: %(default)s)')
-    parser.add_argument('--precision', choices=_PRECISIONS, default='fp32',
+    parser.add_argument('--precision', choices=_PRECISIONS, default='fp32', metavar='PRECISION',
                         help='fp32: the model as it is (exact; the default); bf16: bfloat16 weights (logits within '
                              '~0.1; needs AVX-512 or AMX); int8: dynamic int8 quantization of the Linear layers '
                              '(logits within ~0.3); fp32-compiled, bf16-compiled and int8-static (int8 activations '
@@ -144,8 +154,8 @@ def _add_classify(subparsers) -> None:
                              'run (README, "What to use on a CPU"): with AMX bf16-compiled 3.6x (bf16 2.9x); with '
                              'AVX512-BF16 bf16 2.4x (int8-static 2.3x, an earlier run); AVX2 only (emulated): '
                              'int8-static 1.44x, int8 1.35x, fp32-compiled 1.08x')
-    parser.add_argument('--output', type=Path, help='also write the predictions to this .csv or .json file (good '
-                        'images only, when some cannot be read)')
+    parser.add_argument('--output', type=Path, help='write the predictions to this .csv or .json file instead of '
+                        'printing them (good images only, when some cannot be read); checked before the model loads')
     parser.add_argument('--no-progress', dest='progress', action='store_false',
                         help='no progress bar (shown on a terminal for more than one batch)')
     parser.set_defaults(usage_error=parser.error)
@@ -216,7 +226,7 @@ The figure shows the first image; the table and --json cover all of them. Drawin
 def _add_features(subparsers) -> None:
     parser = subparsers.add_parser(
         'features', help='feature maps, invalid channels and richness of models', parents=[_verbose_flag()],
-        description=_FEATURES_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=_FEATURES_DESCRIPTION)
     parser.add_argument('images', nargs='+', type=Path, metavar='IMAGE_OR_FOLDER',
                         help='image files or folders (searched recursively); the figure shows the first image')
     parser.add_argument('--models', nargs='+', metavar='MODEL',
@@ -333,18 +343,31 @@ def _info(args: argparse.Namespace) -> None:
         print(f'  {key}: {value}')
 
 
+def _check_writable(option: str, path: Path) -> None:
+    """Raise OSError naming `option` unless `path` can be written: its folder exists and takes the file (tried by
+    opening it to append, and removing it again if it was not there)."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f'No folder {path.parent} to write {option} {path} into: create it first.')
+    existed = path.exists()
+    try:
+        with open(path, 'a', encoding='utf-8'):
+            pass
+    except OSError as e:
+        raise OSError(f'Cannot write {option} {path}: {e.strerror or type(e).__name__}.') from e
+    if not existed:
+        path.unlink()
+
+
 def _check_classify_paths(args: argparse.Namespace) -> List[Path]:
-    """The images to classify; the output and weights paths checked too, all before torch loads (a typo fails at
-    once, before any download or any image is classified)."""
+    """The images to classify; the output and weights paths checked too, all before torch loads (a typo or an
+    output that cannot be written fails at once, before any download or any image is classified)."""
     from .images import find_images
 
     images = find_images(args.images)
     if args.output is not None:
         if args.output.suffix.lower() not in ('.csv', '.json'):
             raise ValueError(f'Cannot tell the format of {args.output}: name it .csv or .json.')
-        if not args.output.parent.is_dir():
-            raise FileNotFoundError(f'No folder {args.output.parent} to write --output {args.output} into: create '
-                                    f'it first.')
+        _check_writable('--output', args.output)
     if args.weights is not None and not args.weights.exists():
         raise FileNotFoundError(f'No checkpoint file or model folder at {args.weights}.')
     return images
@@ -384,17 +407,18 @@ def _classify(args: argparse.Namespace) -> None:
         for prediction in classify(model, images, args.batch_size, args.top_k, progress=show_progress,
                                    data_config=data_config, precision=args.precision, on_unreadable=skip):
             predictions.append(prediction)
-            print(f'{prediction.path}:')
-            for prob, label in zip(prediction.probabilities, prediction.labels):
-                print(f'  {prob:7.2%}  {label}')
+            if args.output is None:
+                print(f'{prediction.path}:')
+                for prob, label in zip(prediction.probabilities, prediction.labels):
+                    print(f'  {prob:7.2%}  {label}')
     except DataConfigError as e:
         args.usage_error(f'argument --{e.key.replace("_", "-")}: {e.problem}')
     if args.output is not None:
         write_predictions(predictions, args.output)
-        print(f'Wrote {len(predictions)} predictions to {args.output}.')
+        print(f'Wrote {plural(len(predictions), "prediction")} to {args.output}.')
     if unreadable:
-        raise ValueError(f'{len(unreadable)} of {len(images)} images could not be read (each named above); the '
-                         f'other {len(predictions)} were classified.')
+        raise ValueError(f'Could not read {len(unreadable)} of {plural(len(images), "image")} (named above); '
+                         f'{plural(len(predictions), "image")} classified.')
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -440,8 +464,8 @@ def _check_features_paths(args: argparse.Namespace) -> List[Path]:
     if args.json is not None and args.json.suffix.lower() != '.json':
         raise ValueError(f'--json {args.json}: name it .json.')
     for option, path in (('--output', args.output), ('--json', args.json)):
-        if path is not None and not path.parent.is_dir():
-            raise FileNotFoundError(f'No folder {path.parent} to write {option} {path} into: create it first.')
+        if path is not None:
+            _check_writable(option, path)
     for path in args.weights or ():
         if not path.exists():
             raise FileNotFoundError(f'No checkpoint file or model folder at {path}.')
@@ -523,7 +547,7 @@ def _features(args: argparse.Namespace) -> None:
                          layers=[dataclasses.asdict(report) for report in reports]))
 
     print(_format_features_table(rows))
-    print(f'\n{len(images)} image{"s" if len(images) > 1 else ""}. Invalid: flat (spread at most {FLAT_SPREAD:g} of '
+    print(f'\n{plural(len(images), "image")}. Invalid: flat (spread at most {FLAT_SPREAD:g} of '
           f'the layer\'s median channel\'s on an image; min spread: the smallest seen) or outlying (peak over '
           f'{OUTLYING_PEAK:g}x the median; max peak: the largest seen). Effective rank of the channels over all '
           f'positions, out of the channel count.')
@@ -535,8 +559,8 @@ def _features(args: argparse.Namespace) -> None:
         print(f'Wrote {args.json}.')
     if args.output is not None:
         draw_figure(panels, args.output, size=args.size, channels=args.channels, interpolation=args.interpolation,
-                    title=f'{images[0].name}: the first {args.channels} channels of each layer, each scaled to its '
-                          f'own range; invalid channels framed in red')
+                    title=f'{images[0].name}: the first {plural(args.channels, "channel")} of each layer, each scaled '
+                          f'to its own range; invalid channels framed in red')
         print(f'Wrote {args.output}.')
 
 
@@ -561,8 +585,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = _ArgumentParser(
-        prog='timm-t2t', description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _ArgumentParser(prog='timm-t2t', description=_DESCRIPTION)
     parser.add_argument('-v', '--verbose', action='store_true',
                         help='say where weights come from, how images are preprocessed and in which precision '
                              'the model runs')

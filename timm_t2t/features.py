@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._text import plural
 from .weights import load_model
 
 __all__ = [
@@ -80,8 +81,8 @@ def resolve_layers(model: nn.Module, layers: Optional[Sequence[int]] = None, nam
         index = layer + count if layer < 0 else layer
         if not 0 <= index < count:
             raise ValueError(
-                f'{name or type(model).__name__} has no layer {layer}: its {count} feature layers are 0 to '
-                f'{count - 1} ({modules[0]} to {modules[-1]}), or -{count} to -1 counted from the end.')
+                f'{name or type(model).__name__} has no layer {layer}: it has {plural(count, "feature layer")}, 0 '
+                f'to {count - 1} ({modules[0]} to {modules[-1]}), or -{count} to -1 counted from the end.')
         resolved.add(index)
     return sorted(resolved)
 

@@ -7,6 +7,10 @@
 `num_patches`, `feat_ratio()`, `dynamic_feat_size()`, `set_input_size()`, flattened, NCHW or NHWC output), so a
 stride-16 ViT takes it in place of its hard patch split: training, `features_only`, `dynamic_img_size` and
 gradient checkpointing work as with the ViT's own stem.
+
+A class cannot be passed on a command line, so one such ViT is registered by name too:
+`deit_tiny_patch16_224_t2t_stem`, DeiT-Tiny with this stem (no pretrained weights), which timm's `train.py` and
+`validate.py` build with `--model` like any timm model.
 """
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -14,7 +18,10 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerType, get_act_layer, get_norm_layer
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer
 from torch.jit import Final
 
 from ._compat import make_layer
@@ -206,3 +213,21 @@ class T2TPatchEmbed(nn.Module):
             return x
         x = x.reshape(x.shape[0], grid[0], grid[1], x.shape[-1])
         return x if self.output_nhwc else x.permute(0, 3, 1, 2)
+
+
+default_cfgs = generate_default_cfgs({
+    'deit_tiny_patch16_224_t2t_stem': dict(
+        url='', num_classes=1000, input_size=(3, 224, 224), pool_size=None, crop_pct=0.9, interpolation='bicubic',
+        fixed_input_size=True, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv=f'patch_embed.{_PREFIX}attention1.attn.qkv', classifier='head'),
+})
+
+
+@register_model
+def deit_tiny_patch16_224_t2t_stem(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """DeiT-Tiny (timm's `deit_tiny_patch16_224`: 12 blocks of width 192) with `T2TPatchEmbed` as its stem in place
+    of its hard patch split: the Tokens-to-Token module alone on a plain ViT. No pretrained weights."""
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, embed_layer=T2TPatchEmbed)
+    return build_model_with_cfg(
+        VisionTransformer, 'deit_tiny_patch16_224_t2t_stem', pretrained,
+        feature_cfg=dict(out_indices=kwargs.pop('out_indices', 3), feature_cls='getter'), **dict(model_args, **kwargs))

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
+from ._text import plural
 from .images import find_images, read_image
 from .recipes import prepare
 from .weights import DataConfigError, check_data_config, infer_variant, load_classifier
@@ -90,7 +91,7 @@ def image_transform(
     input_size = _input_size(model)
     in_chans = input_size[0]
     if in_chans not in (1, 3):
-        raise ValueError(f'Images are read as RGB or grayscale; this model takes {in_chans} channels.')
+        raise ValueError(f'Images are read as RGB or grayscale; this model takes {plural(in_chans, "channel")}.')
     data_config = dict(data_config or {})
     check_data_config(data_config, in_chans)
     config = resolve_data_config(args={**data_config, 'input_size': input_size}, model=model)

@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from ._compat import x86_has_bf16_instructions
+from ._text import plural
 
 __all__ = [
     'RECIPES', 'Bf16Support', 'Predict', 'RecipeUnavailableError', 'bf16_is_faster', 'bf16_support', 'check_recipe',
@@ -57,7 +58,7 @@ _DESCRIPTIONS = {
     'bf16-compiled': 'bfloat16 weights and inputs, torch.compile with inductor freezing',
     'int8-dynamic': 'int8 weights in the Linear layers, their inputs quantized on the fly (torch.ao '
                     'quantize_dynamic), the rest float32, eager',
-    'int8-static': 'int8 weights and activations calibrated on {count} images (torchao PT2E, X86InductorQuantizer), '
+    'int8-static': 'int8 weights and activations calibrated on {images} (torchao PT2E, X86InductorQuantizer), '
                    'torch.compile with inductor freezing',
 }
 _TORCHAO_INSTALL = 'pip install torchao, or pip install "timm-t2t[int8]"'
@@ -94,9 +95,10 @@ def bf16_is_faster(support: Bf16Support) -> bool:
     no bf16 arithmetic (AVX-512 without AVX512-BF16: Skylake to Ice Lake Xeons), oneDNN converts to fp32 and computes
     there: ~0.2x fp32 (measured with oneDNN capped at AVX512_CORE on a Sapphire Rapids Xeon). And the instructions can
     be there yet slower than fp32's AVX-512 path (oneDNN capped at AVX512_CORE_BF16 on that Xeon: ~0.6x), so the
-    timing settles it; it costs a few milliseconds, once per process. Measured where all three hold: 3 to 4.5x with
-    AMX (that Xeon, 512 x 512), 2.4x with AVX512-BF16 (AMD EPYC Zen 4, the matmul peaks of
-    benchmarks/results/benchmark_cpu_bf16.json).
+    timing settles it; it costs under a tenth of a second, once per process. Measured where all three hold: 3 to 4.5x
+    with AMX (that Xeon, 512 x 512), 2.4x with AVX512-BF16 (AMD EPYC Zen 4, the matmul peaks of
+    benchmarks/results/benchmark_cpu_bf16.json); on one thread, as `bf16_support` times it, 4.1 to 4.3x on an AMD
+    EPYC with AVX512-BF16 (2 cores, busy with other work).
     """
     return (support.kernels and support.instructions and support.matmul_speedup is not None
             and support.matmul_speedup >= MIN_BF16_MATMUL_SPEEDUP)
@@ -124,24 +126,37 @@ def _cpu_has_bf16_instructions() -> bool:
     return True if has is None else has
 
 
-def _bf16_matmul_speedup(size: int = 512, tries: int = 5) -> float:
-    """fp32 time over bf16 time of a square matmul, each the best of `tries`, interleaved (a few ms where bf16 has
-    kernels and instructions, the only place it is measured)."""
+def _bf16_matmul_speedup(size: int = 512, tries: int = 20) -> float:
+    """fp32 time over bf16 time of a square matmul on one thread, each the best of `tries` interleaved rounds after
+    one to warm up (under a tenth of a second; measured only where bf16 has kernels and instructions).
+
+    One thread, because on all of them a matmul of a millisecond or two waits for whichever thread another process
+    has pushed off its core: on a busy 2-core machine, processes timing all threads, best of 5, found from 1.8x to
+    16.5x; on one thread, best of 20, they agree within a few percent (4.0 to 4.3x there). The ratio is the cores' own,
+    whatever their number.
+    """
     a, b = torch.randn(size, size), torch.randn(size, size)
     pairs = {torch.float32: (a, b), torch.bfloat16: (a.bfloat16(), b.bfloat16())}
     best = dict.fromkeys(pairs, float('inf'))
-    for _ in range(tries + 1):  # the first round warms up
-        for dtype, (x, y) in pairs.items():
-            start = time.perf_counter()
-            x @ y
-            best[dtype] = min(best[dtype], time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for round_ in range(tries + 1):
+            for dtype, (x, y) in pairs.items():
+                start = time.perf_counter()
+                torch.matmul(x, y)
+                if round_:
+                    best[dtype] = min(best[dtype], time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return best[torch.float32] / best[torch.bfloat16]
 
 
 @functools.lru_cache(maxsize=None)
 def bf16_support() -> Bf16Support:
     """This CPU's bfloat16 support as torch sees it, with the matmul timed where kernels and instructions are both
-    there (once per process)."""
+    there: once per process, so every caller in it (training's precision, the test session's header, the benchmark)
+    states the same figure."""
     kernels, instructions = _cpu_has_bf16(), _cpu_has_bf16_instructions()
     speedup = _bf16_matmul_speedup() if kernels and instructions else None
     support = Bf16Support(kernels, instructions, speedup)
@@ -251,7 +266,7 @@ def prepare(
     """
     check_recipe(recipe)
     calibration = list(calibration or [example])
-    description = _DESCRIPTIONS[recipe].format(count=sum(len(images) for images in calibration))
+    description = _DESCRIPTIONS[recipe].format(images=plural(sum(len(images) for images in calibration), 'image'))
     _logger.info(f'CPU recipe {recipe}: {description}; logits returned in float32.')
     model = copy.deepcopy(model).eval()
     if recipe == 'fp32':

@@ -27,6 +27,7 @@ from ._compat import (
     make_layer,
     register_notrace_function,
 )
+from ._text import plural
 from .attention import attention_kernel_flags, dot_product_attention, performer_attention
 
 __all__ = [
@@ -511,7 +512,7 @@ def check_image_batch(x: torch.Tensor, in_chans: int, img_size: Tuple[int, int],
             hint = ': the channels look last, permute them with x.permute(0, 3, 1, 2)'
         else:
             hint = f', or create the model with in_chans={x.shape[1]}'
-        raise ValueError(f'Expected images with {in_chans} channels (B, {in_chans}, H, W), got shape {shape}{hint}.')
+        raise ValueError(f'Expected {in_chans}-channel images (B, {in_chans}, H, W), got shape {shape}{hint}.')
     if not x.is_floating_point():
         raise ValueError(
             f'Expected a floating-point image tensor, got {str(x.dtype).replace("torch.", "")}: convert it with '
@@ -557,5 +558,5 @@ def adapt_in_chans(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dic
             else:
                 param = param.repeat(math.ceil(model.in_chans / source_chans), 1)[:model.in_chans]
             state_dict[prefix + name] = param.flatten()
-    _logger.info(f'Adapted the first T2T layer from {source_chans} to {model.in_chans} input channels.')
+    _logger.info(f'Adapted the first T2T layer from {source_chans} to {plural(model.in_chans, "input channel")}.')
     return state_dict

@@ -23,6 +23,7 @@ from timm.layers import to_2tuple
 from torch import nn
 
 from ._compat import create_model_from_folder, load_checkpoint
+from ._text import plural
 from .catalog import check_model_name, check_pretrained_tag
 from .checkpoint import CheckpointMismatchError, check_t2t_checkpoint, describe_mismatch, normalize_state_dict
 from .hub import InvalidCheckpointError, read_checkpoint
@@ -58,8 +59,8 @@ def check_data_config(data_config: Mapping[str, Any], in_chans: int) -> None:
         values = data_config.get(key)
         if values is not None and len(values) not in (1, in_chans):
             raise DataConfigError(
-                key, f'expected {in_chans} values (one per input channel of the model) or 1 (for every channel), '
-                     f'got {len(values)}')
+                key, f'expected {plural(in_chans, "value")} (one per input channel of the model) or 1 (for every '
+                     f'channel), got {len(values)}')
     crop_pct = data_config.get('crop_pct')
     if crop_pct is not None and not 0 < crop_pct <= 1:
         raise DataConfigError('crop_pct', f'expected a fraction of the resized image in (0, 1], got {crop_pct}')
@@ -90,8 +91,8 @@ def infer_variant(state_dict: Mapping[str, torch.Tensor], source: str = 'The che
     if not fitting:
         width, depth = _describe_backbone(state_dict)
         raise ValueError(
-            f'{source} fits no registered T2T-ViT variant (width {width}, {depth} blocks): name the variant it was '
-            f'built from and the arguments it changed, e.g. --model t2t_vit_7 --model-kwargs embed_dim={width} '
+            f'{source} fits no registered T2T-ViT variant (width {width}, {plural(depth, "block")}): name the variant '
+            f'it was built from and the arguments it changed, e.g. --model t2t_vit_7 --model-kwargs embed_dim={width} '
             f'depth={depth} num_heads=N.')
     fitting.sort(key=lambda name: (not timm.list_pretrained(f'{name}.*'), name))
     if len(fitting) > 1:
