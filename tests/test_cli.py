@@ -457,11 +457,12 @@ def test_verbose_says_where_weights_and_preprocessing_come_from_once(images, che
     done = _cli('classify', '-v', images / 'img0.png', '--weights', checkpoint)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == len(set(lines)) == 4, lines
-    assert lines[0] == f'{checkpoint}: t2t_vit_7 with in_chans=3, num_classes=3, img_size=64.'
-    assert lines[1].startswith(f'{checkpoint} carries no preprocessing config: images are prepared as for ImageNet')
-    assert lines[2].startswith('Preprocessing: input_size (3, 64, 64), interpolation bicubic, mean (0.485, ')
-    assert lines[3] == 'CPU recipe fp32: float32 weights and activations, eager; logits returned in float32.'
+    assert len(lines) == len(set(lines)) == 5, lines
+    assert lines[0].startswith('Allocator: glibc malloc keeps freed memory')
+    assert lines[1] == f'{checkpoint}: t2t_vit_7 with in_chans=3, num_classes=3, img_size=64.'
+    assert lines[2].startswith(f'{checkpoint} carries no preprocessing config: images are prepared as for ImageNet')
+    assert lines[3].startswith('Preprocessing: input_size (3, 64, 64), interpolation bicubic, mean (0.485, ')
+    assert lines[4] == 'CPU recipe fp32: float32 weights and activations, eager; logits returned in float32.'
 
 
 def test_classify_with_given_preprocessing(images, checkpoint, tmp_path):
