@@ -1,5 +1,6 @@
 """The `timm-t2t` command line: list, info and classify give what they say, every failure is one line, and the
 command answers --help without importing torch."""
+import argparse
 import csv
 import json
 import os
@@ -477,6 +478,29 @@ def test_classify_with_given_preprocessing(images, checkpoint, tmp_path):
     predicted = json.loads(out.read_text())[0]
     assert predicted['classes'] == top.indices[0].tolist()
     np.testing.assert_allclose(predicted['probabilities'], top.values[0].numpy(), atol=1e-5)
+
+
+def test_a_timm_training_checkpoint_is_classified_with_the_preprocessing_it_records(images, tmp_path, caplog):
+    """timm's train.py stores its arguments in its checkpoints: those it was given are the preprocessing, with no
+    guess; an option given on the command line still wins."""
+    torch.manual_seed(0)
+    model = timm.create_model('t2t_vit_7', **TINY_7)
+    recorded = dict(mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], crop_pct=1.0, interpolation='bilinear')
+    path = tmp_path / 'last.pth.tar'
+    torch.save({'state_dict': model.state_dict(), 'epoch': 5,
+                'args': argparse.Namespace(model='t2t_vit_7', epochs=6, **recorded)}, path)
+    kwargs = ['--model', 't2t_vit_7', '--model-kwargs', 'embed_dim=32', 'depth=1', 'num_heads=2', 'mlp_ratio=1.',
+              'token_dim=8']
+    options = ['--mean', '0.5', '0.5', '0.5', '--std', '0.25', '0.25', '0.25', '--crop-pct', '1', '--interpolation',
+               'bilinear']
+    with caplog.at_level('WARNING', logger='timm_t2t'):
+        from_file = _classify_json(tmp_path / 'file.json', images, '--weights', path, *kwargs)
+    assert not [r for r in caplog.records if 'preprocessing' in r.getMessage()]
+    assert from_file == _classify_json(tmp_path / 'told.json', images, '--weights', path, *kwargs, *options)
+    # a LayerNorm follows the soft split: another std, or a mean shared by the channels, would change nothing
+    overridden = _classify_json(tmp_path / 'other.json', images, '--weights', path, *kwargs, '--mean', '0.1', '0.5',
+                                '0.9')
+    assert overridden != from_file
 
 
 def test_a_model_converted_from_a_folder_classifies_as_the_folder_does(images, tmp_path):

@@ -379,7 +379,7 @@ def _classify(args: argparse.Namespace) -> None:
     from .hub import WeightsUnavailableError
     from .predict import PRECISIONS, classify, write_predictions
     from .recipes import check_recipe
-    from .weights import DataConfigError, load_classifier
+    from .weights import DataConfigError, load_classifier, training_data_config
 
     check_recipe(PRECISIONS[args.precision])  # the CPU and torch can run it: known before any weights are loaded
     try:
@@ -387,8 +387,13 @@ def _classify(args: argparse.Namespace) -> None:
             args.model or ('t2t_vit_14' if args.weights is None else None), args.weights, args.model_kwargs)
     except WeightsUnavailableError as e:
         raise WeightsUnavailableError(e.problem, _OFFLINE_ADVICE) from e
-    data_config = {key: getattr(args, key) for key in ('mean', 'std', 'crop_pct', 'interpolation')
-                   if getattr(args, key) is not None}
+    given = {key: getattr(args, key) for key in ('mean', 'std', 'crop_pct', 'interpolation')
+             if getattr(args, key) is not None}
+    recorded = training_data_config(args.weights) if args.weights is not None and args.weights.is_file() else None
+    if recorded:
+        _logger.info(f'{args.weights} records the preprocessing it was trained with (timm train.py\'s arguments): '
+                     f'{", ".join(f"{k} {v}" for k, v in recorded.items())}.')
+    data_config = {**(recorded or {}), **given}
     if args.weights is not None and args.weights.is_file() and model.num_classes != 1000 and not data_config:
         cfg = model.pretrained_cfg  # ImageNet's preprocessing: right for ImageNet weights, a guess for others
         _logger.warning(
