@@ -1,6 +1,9 @@
 """Feature maps as the paper's Figure 2 draws them: the maps are timm's intermediates, invalid channels and effective
 rank mean what they say, the figure is drawn, and the `features` command answers bad input in one line."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -351,3 +354,21 @@ def test_the_digits_model_is_drawn_and_measured_offline(digits_model, tmp_path, 
     for layer in row['layers']:
         assert layer['images'] == 10 and 1 <= layer['effective_rank'] <= min(layer['channels'], layer['positions'])
     assert Image.open(tmp_path / 'digits.png').size == (5 * 64, 64 + 55)
+
+
+@pytest.mark.parametrize('env', [dict(HF_HUB_OFFLINE='1'), dict(HF_ENDPOINT='http://127.0.0.1:9')],
+                         ids=['hub-offline', 'hub-unreachable'])
+def test_offline_a_timm_models_weights_fail_at_once_naming_it(images, tmp_path, env):
+    """timm's own download of another model's weights retries for most of a minute, then says nothing of the model:
+    the command fails before, in one line naming the model, its source and what to give instead."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'TIMM_T2T'))}
+    environ.update(env, HF_HOME=str(tmp_path / 'hf'), TORCH_HOME=str(tmp_path / 'torch'))
+    done = subprocess.run([sys.executable, '-m', 'timm_t2t', 'features', str(images / 'img0.png'), '--models',
+                           'resnet18.a1_in1k'], capture_output=True, text=True, env=environ, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith('timm-t2t features: error: Cannot get the pretrained weights of resnet18.a1_in1k: '
+                               'timm/resnet18.a1_in1k is not in the local cache and the Hugging Face Hub cannot be '
+                               'asked (')
+    assert lines[0].endswith('Give every model weights you have, with --weights and one path per model (a model '
+                             'folder, or a checkpoint with --models naming its architecture).')

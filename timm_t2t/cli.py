@@ -41,6 +41,8 @@ Run `timm-t2t COMMAND --help` for a command's options.
 _PRECISIONS = ('fp32', 'fp32-compiled', 'bf16', 'bf16-compiled', 'int8', 'int8-static')
 _REINSTALL_TORCH = ('reinstall both in one pip command, from one index, e.g. pip install --upgrade torch torchvision '
                     '(add the --index-url they should both come from, if any)')
+_FEATURES_OFFLINE_ADVICE = ('Give every model weights you have, with --weights and one path per model (a model '
+                            'folder, or a checkpoint with --models naming its architecture).')
 _OFFLINE_ADVICE = ('Pass weights you have with --weights FILE, or train a digits model offline in a checkout of '
                    'timm-t2t (pip install -e ".[bench]" && python benchmarks/small_data.py --seeds 1, a few minutes) '
                    'and use it on digit images with --weights runs/digits/t2t_vit_7.')
@@ -525,7 +527,7 @@ def _features(args: argparse.Namespace) -> None:
         try:
             model = load_model(name, weights)
         except WeightsUnavailableError as e:
-            raise WeightsUnavailableError(e.problem, _OFFLINE_ADVICE) from e
+            raise WeightsUnavailableError(e.problem, _FEATURES_OFFLINE_ADVICE) from e
         label = name or (weights.name if weights.is_dir() else model.pretrained_cfg.get('architecture'))
         models.append((label, weights, model, resolve_layers(model, args.layers, label)))
 

@@ -215,6 +215,27 @@ def cached_weights(pretrained_cfg: Dict[str, Any], cache_dir: Optional[PathLike]
     return None
 
 
+def check_weights_reachable(pretrained_cfg: Dict[str, Any], cache_dir: Optional[PathLike] = None) -> None:
+    """Raise WeightsUnavailableError at once, naming the source and why, when the pretrained weights of a timm model
+    (not a T2T-ViT: `fetch_pretrained_file` gets those) are neither cached nor reachable; timm's own download
+    would retry for most of a minute first. timm takes them from the Hub when the cfg names a Hub repo, else from
+    its URL."""
+    if cached_weights(pretrained_cfg, cache_dir):
+        return
+    name = '.'.join(filter(None, (pretrained_cfg.get('architecture'), pretrained_cfg.get('tag')))) or 'this model'
+    hub_id, url = pretrained_cfg.get('hf_hub_id'), pretrained_cfg.get('url')
+    if hub_id:
+        problem = _OFFLINE if _hub_offline() else _unreachable(hub_constants.ENDPOINT)
+        source = f'{hub_id} is not in the local cache and the Hugging Face Hub cannot be asked'
+    elif url:
+        problem = _OFFLINE if _hub_offline() else _unreachable(url)
+        source = f'{url} is not cached and cannot be downloaded'
+    else:
+        return
+    if problem:
+        raise WeightsUnavailableError(f'Cannot get the pretrained weights of {name}: {source} ({problem}).')
+
+
 def fetch_pretrained_file(
         pretrained_cfg: Dict[str, Any],
         validate: Callable[[Dict[str, Any]], None],

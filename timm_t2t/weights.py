@@ -26,7 +26,7 @@ from ._compat import create_model_from_folder, load_checkpoint
 from ._text import plural
 from .catalog import check_model_name, check_pretrained_tag
 from .checkpoint import CheckpointMismatchError, check_t2t_checkpoint, describe_mismatch, normalize_state_dict
-from .hub import InvalidCheckpointError, read_checkpoint
+from .hub import InvalidCheckpointError, check_weights_reachable, read_checkpoint
 from .patch_embed import T2TPatchEmbed
 from .t2t_vit import model_args_from_state_dict
 
@@ -280,6 +280,7 @@ def load_model(name: Optional[str] = None, weights: Optional[PathLike] = None) -
         if _is_t2t_vit(name):
             return load_classifier(name)
         _check_timm_name(name)
+        check_weights_reachable(timm.models.get_pretrained_cfg(name).to_dict())
         return timm.create_model(name, pretrained=True).eval()
     weights = Path(weights)
     if weights.is_dir():
