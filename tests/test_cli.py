@@ -74,6 +74,16 @@ def _expected_top(model, paths, k):
         return model.eval()(x).softmax(-1).topk(k)
 
 
+def test_a_reader_that_stops_early_stops_the_command_quietly():
+    """`timm-t2t info t2t_vit_7 | head -1`: no error line for the closed pipe, and the status a shell gives."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'TIMM_T2T'))}
+    process = subprocess.Popen([sys.executable, '-m', 'timm_t2t', 'info', 't2t_vit_7'], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=environ)
+    process.stdout.close()  # the reader is gone before the command writes
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 141 and stderr == ''
+
+
 def test_help_answers_without_importing_torch():
     code = ('import json, sys\nfrom timm_t2t.cli import main\ntry:\n    main(["--help"])\nexcept SystemExit:\n    pass\n'
             'print(json.dumps(sorted(m for m in ("torch", "timm") if m in sys.modules)))')

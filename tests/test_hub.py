@@ -257,7 +257,7 @@ def test_convert_cli_errors_name_the_problem(release_file, tmp_path):
 def test_convert_help_explains_every_flag():
     done = _convert_cli('--help')
     assert done.returncode == 0
-    for flag in ('checkpoint', 'output_dir', '--model', '--model-kwargs', '--mean', '--std', '--crop-pct',
+    for flag in ('SOURCE', 'OUT_DIR', '--model', '--model-kwargs', '--mean', '--std', '--crop-pct',
                  '--interpolation', '--label-names', '--no-ema', '--push-to-hub', '--private', '--token'):
         assert flag in done.stdout
 

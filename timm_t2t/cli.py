@@ -10,6 +10,7 @@ import ast
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -30,7 +31,7 @@ _DESCRIPTION = """T2T-ViT (Tokens-to-Token Vision Transformer) models for timm.
       a model's config, feature pyramid and weight sources
   timm-t2t classify IMAGE_OR_FOLDER...
       top-k classes of images
-  timm-t2t convert CHECKPOINT OUT_DIR --model NAME
+  timm-t2t convert SOURCE OUT_DIR [--model NAME]
       a checkpoint (or model folder) as a Hugging Face Hub folder
   timm-t2t features IMAGE_OR_FOLDER... --models M
       feature maps as the paper's Figure 2, invalid channels, richness
@@ -153,7 +154,7 @@ def _add_classify(subparsers) -> None:
                              '(logits within ~0.3); fp32-compiled, bf16-compiled and int8-static (int8 activations '
                              'calibrated on the first batch; needs torchao) are compiled before the first image '
                              '(14-27 s for T2T-ViT-14 on 2 cores). Fastest for T2T-ViT-14, against fp32 in the same '
-                             'run (README, "What to use on a CPU"): with AMX bf16-compiled 3.6x (bf16 2.9x); with '
+                             'run (docs/performance.md, "What to use on a CPU"): with AMX bf16-compiled 3.6x (bf16 2.9x); with '
                              'AVX512-BF16 bf16 2.4x (int8-static 2.3x, an earlier run); AVX2 only (emulated): '
                              'int8-static 1.44x, int8 1.35x, fp32-compiled 1.08x')
     parser.add_argument('--output', type=Path, help='write the predictions to this .csv or .json file instead of '
@@ -173,10 +174,10 @@ def _add_convert(subparsers) -> None:
                     'the release\'s tag, licence and paper; the config carries the preprocessing and label names '
                     'the source records (a model folder\'s config, a timm training checkpoint\'s arguments) or '
                     'the options below give.')
-    parser.add_argument('checkpoint', type=Path, help='checkpoint (.pth.tar / .pth: state_dict, state_dict_ema or '
+    parser.add_argument('checkpoint', type=Path, metavar='SOURCE', help='checkpoint (.pth.tar / .pth: state_dict, state_dict_ema or '
                         'net entries, DataParallel prefixes allowed) or model folder (config.json + '
                         'model.safetensors)')
-    parser.add_argument('output_dir', type=Path, help='folder to write; must not exist or be empty')
+    parser.add_argument('output_dir', type=Path, metavar='OUT_DIR', help='folder to write; must not exist or be empty')
     parser.add_argument('--model', help='T2T-ViT entry point, optionally with the pretrained tag whose config the '
                         'folder should carry, e.g. t2t_vit_14 or t2t_vit_14.in1k_384; the card quotes the paper '
                         'only for a released file (needed for a checkpoint; a model folder names its own)')
@@ -607,6 +608,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     allocator.keep_freed_memory()  # this process is the command's: see timm_t2t.allocator
     try:
         _COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader stopped early (`timm-t2t list | head`): quietly, as other commands do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (the interpreter's last flush too)
+        sys.exit(141)  # 128 + SIGPIPE, the status a shell gives a command a closed pipe stopped
     except (OSError, ValueError, RuntimeError) as e:  # expected failures: one line, no traceback
         message = ' '.join(str(e).split()) or type(e).__name__
         sys.exit(f'timm-t2t {args.command}: error: {message}')

@@ -12,7 +12,7 @@ importable from here too.
 is; bf16 runs bfloat16 weights eagerly; int8 quantizes the Linear layers dynamically (no calibration images, no torchao
 and no compile wait). The compiled ones (`fp32-compiled`, `bf16-compiled`, and `int8-static`, calibrated on the first
 batch and needing torchao) compile for the first batch before any image is classified. Which is fastest depends on
-the CPU: README's "What to use on a CPU".
+the CPU: docs/performance.md, "What to use on a CPU".
 """
 import csv
 import dataclasses
