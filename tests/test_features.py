@@ -372,3 +372,11 @@ def test_offline_a_timm_models_weights_fail_at_once_naming_it(images, tmp_path, 
                                'asked (')
     assert lines[0].endswith('Give every model weights you have, with --weights and one path per model (a model '
                              'folder, or a checkpoint with --models naming its architecture).')
+
+
+def test_a_matplotlib_that_does_not_import_is_one_line(monkeypatch):
+    from timm_t2t import features
+    monkeypatch.setitem(sys.modules, 'matplotlib.pyplot', None)  # installed, but its import fails
+    with pytest.raises(RuntimeError, match=r'^matplotlib is installed but does not import \(ModuleNotFoundError: '
+                                           r'.*\): reinstall it, e.g. pip install --force-reinstall matplotlib\.$'):
+        features._pyplot()

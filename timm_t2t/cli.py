@@ -100,8 +100,8 @@ def _verbose_flag() -> argparse.ArgumentParser:
     """`-v` for the subcommands too (`timm-t2t classify -v ...`), not resetting one given before the command."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument('-v', '--verbose', action='store_true', default=argparse.SUPPRESS,
-                        help='say where weights come from, how images are preprocessed and in which precision '
-                             'the model runs')
+                        help='say what the command does on the way: where weights come from, how images are '
+                             'preprocessed, which recipe runs, how memory is kept')
     return parent
 
 
@@ -181,7 +181,7 @@ def _add_convert(subparsers) -> None:
     parser.add_argument('--model', help='T2T-ViT entry point, optionally with the pretrained tag whose config the '
                         'folder should carry, e.g. t2t_vit_14 or t2t_vit_14.in1k_384; the card quotes the paper '
                         'only for a released file (needed for a checkpoint; a model folder names its own)')
-    parser.add_argument('--model-kwargs', nargs='*', default={}, action=_KeyValues, metavar='KEY=VALUE',
+    parser.add_argument('--model-kwargs', nargs='+', default={}, action=_KeyValues, metavar='KEY=VALUE',
                         help='extra model arguments for architectures other than the entry point\'s own, '
                              'e.g. depth=12 embed_dim=256')
     parser.add_argument('--mean', type=float, nargs='+', metavar='M',
@@ -595,8 +595,8 @@ def _quiet_libraries(verbose: bool) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = _ArgumentParser(prog='timm-t2t', description=_DESCRIPTION)
     parser.add_argument('-v', '--verbose', action='store_true',
-                        help='say where weights come from, how images are preprocessed and in which precision '
-                             'the model runs')
+                        help='say what the command does on the way: where weights come from, how images are '
+                             'preprocessed, which recipe runs, how memory is kept')
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     _add_list(subparsers)
     _add_info(subparsers)

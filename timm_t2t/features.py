@@ -309,8 +309,12 @@ def _pyplot():
         import matplotlib
     except ModuleNotFoundError as e:
         raise RuntimeError(INSTALL_MATPLOTLIB) from e
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    try:
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # installed but broken, e.g. built against another numpy
+        raise RuntimeError(f'matplotlib is installed but does not import ({type(e).__name__}: {e}): reinstall it, '
+                           f'e.g. pip install --force-reinstall matplotlib.') from e
     return plt
 
 
