@@ -12,22 +12,29 @@ AVX2_EMULATION = dict(ONEDNN_MAX_CPU_ISA='AVX2', ATEN_CPU_CAPABILITY='avx2', MKL
                       FBGEMM_ENABLE_INSTRUCTIONS='AVX2')
 
 
-def cpu_name() -> str:
-    """The processor's model name and the instruction sets that decide its low-precision speed; any ISA_LIMITS set
-    are named after them, for a run that emulates a narrower CPU."""
-    name, flags = platform.processor() or platform.machine(), set()
+def cpu_name(cpuinfo: str = '/proc/cpuinfo') -> str:
+    """The processor's model name, its family and model numbers (which tell generations apart where the name does
+    not, as 'AMD EPYC' on a virtual machine) and the instruction sets that decide its low-precision speed; any
+    ISA_LIMITS set are named after them, for a run that emulates a narrower CPU."""
+    name, fields, flags = platform.processor() or platform.machine(), {}, set()
     try:
-        with open('/proc/cpuinfo') as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(':')
-                if key.strip() == 'model name':
+                key = key.strip()
+                if key == 'model name':
                     name = value.strip()
-                elif key.strip() == 'flags':
+                elif key in ('cpu family', 'model'):
+                    fields[key] = value.strip()
+                elif key == 'flags':
                     flags = set(value.split())
                     break
     except OSError:
         pass
     isa = [f for f in ('avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_bf16', 'amx_int8') if f in flags]
-    name = f'{name} ({", ".join(isa)})' if isa else name
+    details = [f'family {fields["cpu family"]}, model {fields["model"]}'] if len(fields) == 2 else []
+    if isa:
+        details.append(', '.join(isa))
+    name = f'{name} ({"; ".join(details)})' if details else name
     limits = [f'{key}={os.environ[key]}' for key in ISA_LIMITS if os.environ.get(key)]
     return f'{name}, emulating a narrower CPU: {" ".join(limits)}' if limits else name

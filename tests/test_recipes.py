@@ -178,6 +178,13 @@ def test_an_avx2_only_cpu_trains_and_times_in_float32():
     assert support['kernels'] is False and support['matmul_speedup'] is None and faster is False
 
 
+def test_a_result_names_the_cpus_family_and_model(tmp_path):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n'
+                       'model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16 sha_ni\n')
+    assert cpu_name(str(cpuinfo)) == 'AMD EPYC (family 26, model 2; avx2, avx512f, avx512_bf16)'
+
+
 def test_a_result_from_an_emulated_cpu_says_so(monkeypatch):
     for key in ISA_LIMITS:
         monkeypatch.delenv(key, raising=False)
