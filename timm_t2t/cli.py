@@ -40,6 +40,7 @@ Run `timm-t2t COMMAND --help` for a command's options.
 """
 # timm_t2t.predict.PRECISIONS, named here without importing torch
 _PRECISIONS = ('fp32', 'fp32-compiled', 'bf16', 'bf16-compiled', 'int8', 'int8-static')
+_PREPROCESSING = ('mean', 'std', 'crop_pct', 'interpolation')  # timm_t2t.weights.DATA_CONFIG_KEYS, without torch
 _REINSTALL_TORCH = ('reinstall both in one pip command, from one index, e.g. pip install --upgrade torch torchvision '
                     '(add the --index-url they should both come from, if any)')
 _FEATURES_OFFLINE_ADVICE = ('Give every model weights you have, with --weights and one path per model (a model '
@@ -154,9 +155,9 @@ def _add_classify(subparsers) -> None:
                              '(logits within ~0.3); fp32-compiled, bf16-compiled and int8-static (int8 activations '
                              'calibrated on the first batch; needs torchao) are compiled before the first image '
                              '(14-27 s for T2T-ViT-14 on 2 cores). Fastest for T2T-ViT-14, against fp32 in the same '
-                             'run (docs/performance.md, "What to use on a CPU"): with AMX bf16-compiled 3.6x (bf16 2.9x); with '
-                             'AVX512-BF16 bf16 2.4x (int8-static 2.3x, an earlier run); AVX2 only (emulated): '
-                             'int8-static 1.44x, int8 1.35x, fp32-compiled 1.08x')
+                             'run (docs/performance.md, "What to use on a CPU"): with AMX bf16-compiled 3.6x (bf16 '
+                             '2.9x); with AVX512-BF16 bf16 2.4x (int8-static 2.3x, an earlier run); AVX2 only '
+                             '(emulated): int8-static 1.44x, int8 1.35x, fp32-compiled 1.08x')
     parser.add_argument('--output', type=Path, help='write the predictions to this .csv or .json file instead of '
                         'printing them (good images only, when some cannot be read); checked before the model loads')
     parser.add_argument('--no-progress', dest='progress', action='store_false',
@@ -174,10 +175,11 @@ def _add_convert(subparsers) -> None:
                     'the release\'s tag, licence and paper; the config carries the preprocessing and label names '
                     'the source records (a model folder\'s config, a timm training checkpoint\'s arguments) or '
                     'the options below give.')
-    parser.add_argument('checkpoint', type=Path, metavar='SOURCE', help='checkpoint (.pth.tar / .pth: state_dict, state_dict_ema or '
-                        'net entries, DataParallel prefixes allowed) or model folder (config.json + '
-                        'model.safetensors)')
-    parser.add_argument('output_dir', type=Path, metavar='OUT_DIR', help='folder to write; must not exist or be empty')
+    parser.add_argument('checkpoint', type=Path, metavar='SOURCE',
+                        help='checkpoint (.pth.tar / .pth: state_dict, state_dict_ema or net entries, DataParallel '
+                             'prefixes allowed) or model folder (config.json + model.safetensors)')
+    parser.add_argument('output_dir', type=Path, metavar='OUT_DIR',
+                        help='folder to write; must not exist or be empty')
     parser.add_argument('--model', help='T2T-ViT entry point, optionally with the pretrained tag whose config the '
                         'folder should carry, e.g. t2t_vit_14 or t2t_vit_14.in1k_384; the card quotes the paper '
                         'only for a released file (needed for a checkpoint; a model folder names its own)')
@@ -346,6 +348,16 @@ def _info(args: argparse.Namespace) -> None:
         print(f'  {key}: {value}')
 
 
+def _given_preprocessing(args: argparse.Namespace) -> Dict[str, Any]:
+    """The preprocessing options given on the command line (`--mean`, `--std`, `--crop-pct`, `--interpolation`)."""
+    return {key: getattr(args, key) for key in _PREPROCESSING if getattr(args, key) is not None}
+
+
+def _preprocessing_usage_error(args: argparse.Namespace, error: Any) -> None:
+    """A preprocessing option that does not fit the model (a weights.DataConfigError) as the usage error it is."""
+    args.usage_error(f'argument --{error.key.replace("_", "-")}: {error.problem}')
+
+
 def _check_writable(option: str, path: Path) -> None:
     """Raise OSError naming `option` unless `path` can be written: its folder exists and takes the file (tried by
     opening it to append, and removing it again if it was not there)."""
@@ -390,14 +402,13 @@ def _classify(args: argparse.Namespace) -> None:
             args.model or ('t2t_vit_14' if args.weights is None else None), args.weights, args.model_kwargs)
     except WeightsUnavailableError as e:
         raise WeightsUnavailableError(e.problem, _OFFLINE_ADVICE) from e
-    given = {key: getattr(args, key) for key in ('mean', 'std', 'crop_pct', 'interpolation')
-             if getattr(args, key) is not None}
-    recorded = training_data_config(args.weights) if args.weights is not None and args.weights.is_file() else None
+    weights_file = args.weights is not None and args.weights.is_file()
+    recorded = training_data_config(args.weights) if weights_file else None
     if recorded:
         _logger.info(f'{args.weights} records the preprocessing it was trained with (timm train.py\'s arguments): '
                      f'{", ".join(f"{k} {v}" for k, v in recorded.items())}.')
-    data_config = {**(recorded or {}), **given}
-    if args.weights is not None and args.weights.is_file() and model.num_classes != 1000 and not data_config:
+    data_config = {**(recorded or {}), **_given_preprocessing(args)}
+    if weights_file and model.num_classes != 1000 and not data_config:
         cfg = model.pretrained_cfg  # ImageNet's preprocessing: right for ImageNet weights, a guess for others
         _logger.warning(
             f'{args.weights} carries no preprocessing config: images are prepared as for ImageNet (mean '
@@ -420,7 +431,7 @@ def _classify(args: argparse.Namespace) -> None:
                 for prob, label in zip(prediction.probabilities, prediction.labels):
                     print(f'  {prob:7.2%}  {label}')
     except DataConfigError as e:
-        args.usage_error(f'argument --{e.key.replace("_", "-")}: {e.problem}')
+        _preprocessing_usage_error(args, e)
     if args.output is not None:
         write_predictions(predictions, args.output)
         print(f'Wrote {plural(len(predictions), "prediction")} to {args.output}.')
@@ -437,14 +448,12 @@ def _convert(args: argparse.Namespace) -> None:
     from .convert import convert_checkpoint, push_folder
     from .weights import DataConfigError
 
-    data_config = {key: getattr(args, key) for key in ('mean', 'std', 'crop_pct', 'interpolation')
-                   if getattr(args, key) is not None}
     try:
         folder, diff = convert_checkpoint(
             args.checkpoint, args.output_dir, args.model, model_kwargs=args.model_kwargs, use_ema=args.use_ema,
-            repo_id=args.push_to_hub, data_config=data_config, label_names=args.label_names)
+            repo_id=args.push_to_hub, data_config=_given_preprocessing(args), label_names=args.label_names)
     except DataConfigError as e:
-        args.usage_error(f'argument --{e.key.replace("_", "-")}: {e.problem}')
+        _preprocessing_usage_error(args, e)
     print(f'Wrote {folder} (converted weights reproduce the source logits, max diff {diff:.2g}).')
     if args.push_to_hub:
         commit = push_folder(folder, args.push_to_hub, private=args.private, token=args.token)
